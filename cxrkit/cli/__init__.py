@@ -1,0 +1,74 @@
+"""The ``cxrkit`` command line.
+
+Each subcommand lives in its own module under ``cxrkit.cli`` and exposes
+``add_parser(subparsers)``, which adds its parser and sets ``func`` (called with
+the parsed namespace, returning an exit code). Adding a subcommand is one new
+module plus one line in :data:`COMMANDS`. Modules import heavy libraries inside
+their ``func`` so ``cxrkit --help`` stays fast.
+
+A subcommand that accepts free-form overrides (``--any#config#key value``) sets
+``accepts_overrides=True`` as a parser default; the unparsed arguments are then
+passed on as ``args.overrides``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from cxrkit import __version__
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+#: subcommand name -> module that defines ``add_parser``.
+COMMANDS: dict[str, str] = {
+    "list": "cxrkit.cli.list_cmd",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cxrkit",
+        description="Fine-tune chest X-ray classifiers from many pretrained-weight sources.",
+    )
+    parser.add_argument("--version", action="version", version=f"cxrkit {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    if extra and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = list(extra)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except CLIError as exc:
+        print(f"cxrkit {args.command}: error: {exc}", file=sys.stderr)
+        return exc.code
+
+
+class CLIError(Exception):
+    """An error shown to the user as one message (no traceback)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,1 @@
+"""Dataset adapters (registry ``cxrkit.datasets``), readers, transforms and splits."""

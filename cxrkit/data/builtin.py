@@ -1,0 +1,1 @@
+"""Imports the built-in dataset adapters so they register themselves."""

@@ -1,0 +1,1 @@
+"""Networks: backbones (registry ``cxrkit.backbones``) and classification heads."""

@@ -1,0 +1,1 @@
+"""Pretrained-weight sources (registry ``cxrkit.weights``)."""

@@ -1,0 +1,1 @@
+"""The built-in weight sources (filled in by the weight-plugin work)."""
