@@ -1,0 +1,159 @@
+"""``cxrkit weights list|info|check|import``: find, inspect, verify and install weight files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+from cxrkit.cli import CLIError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("weights", help="list, check and import pretrained weight files (never downloads)")
+    wsub = p.add_subparsers(dest="weights_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: _usage(p))
+
+    ls = wsub.add_parser("list", help="every weight plugin, its expected file, and whether it is found here")
+    ls.set_defaults(func=run_list)
+
+    info = wsub.add_parser("info", help="everything cxrkit knows about one plugin (file, origin, preprocessing)")
+    info.add_argument("plugin")
+    info.set_defaults(func=run_info)
+
+    check = wsub.add_parser("check", help="load a file for a plugin, verify every tensor, report its hash")
+    check.add_argument("plugin")
+    check.add_argument("file", nargs="?", help="the weight file (default: the installed one)")
+    check.add_argument("--trust", action="store_true", help="allow full unpickling (can run code from the file)")
+    check.add_argument("--strict-hash", action="store_true", help="exit 1 when the published hash does not match")
+    check.set_defaults(func=run_check)
+
+    imp = wsub.add_parser("import", help="verify a downloaded file, then copy it into the weights folder")
+    imp.add_argument("plugin")
+    imp.add_argument("file")
+    imp.add_argument("--trust", action="store_true", help="allow full unpickling (can run code from the file)")
+    imp.add_argument("--force", action="store_true", help="replace an installed file with different content")
+    imp.set_defaults(func=run_import)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+@contextmanager
+def _weight_errors() -> Iterator[None]:
+    """Show warnings on stderr and turn weight/registry errors into clean CLI errors."""
+    from cxrkit.registry import PluginLoadWarning, RegistryError
+    from cxrkit.weights import TrustedLoadWarning, WeightError, WeightHashWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except RegistryError as exc:
+            raise CLIError(str(exc), code=2) from exc
+        except WeightError as exc:
+            raise CLIError(str(exc)) from exc
+        finally:
+            for w in caught:
+                if issubclass(w.category, (TrustedLoadWarning, WeightHashWarning, PluginLoadWarning)):
+                    print(f"warning: {w.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from cxrkit.cli.table import format_table
+    from cxrkit.registry import weights
+    from cxrkit.weights import WeightError, find_weight_file, get_source, weights_dir
+
+    rows = []
+    for name in weights.names():
+        try:
+            source = get_source(name)
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is shown, not fatal
+            rows.append((name, "?", "?", "BROKEN", f"{type(exc).__name__}: {exc}"))
+            continue
+        if not source.pretrained:
+            rows.append((name, source.architecture, "-", "n/a", "no pretraining"))
+            continue
+        try:
+            found = str(find_weight_file(source))
+            rows.append((name, source.architecture, source.filenames[0], "yes", found))
+        except WeightError:
+            rows.append((name, source.architecture, source.filenames[0], "no", "-"))
+    print(format_table(["plugin", "architecture", "expected file", "found", "where"], rows, max_width=1000))
+    print(f"\nweights folder: {weights_dir()} (set CXRKIT_WEIGHTS_DIR to change; "
+          "install a file with `cxrkit weights import PLUGIN FILE`)")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from cxrkit.weights import get_source
+
+    with _weight_errors():
+        source = get_source(args.plugin)
+    record = source.to_dict()
+    record["published_hashes"] = source.published_hashes() or "none"
+    width = max(map(len, record))
+    for key, value in record.items():
+        print(f"{key.ljust(width)}  {value}")
+    return 0
+
+
+def _hash_status(loaded_hash_ok: bool | None, source) -> str:
+    published = source.published_hashes()
+    listed = "; ".join(f"{alg} {' or '.join(p)}" for alg, p in published.items())
+    if loaded_hash_ok is None:
+        return "none published by the origin (sha256 recorded above)"
+    return f"OK (matches published {listed})" if loaded_hash_ok else f"MISMATCH (published: {listed})"
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from cxrkit.networks.backbones import build_backbone
+    from cxrkit.weights import get_source, load_pretrained
+
+    with _weight_errors():
+        source = get_source(args.plugin)
+        if not source.pretrained:
+            raise CLIError(f"plugin '{source.name}' has no pretrained weights; there is nothing to check", code=2)
+        backbone = build_backbone(source.architecture, source.in_channels)
+        report = load_pretrained(backbone, source, args.file, trust=args.trust)
+    total = len(backbone.state_dict())
+    detail = []
+    if report.dropped:
+        shown = ", ".join(report.dropped[:4]) + (", ..." if len(report.dropped) > 4 else "")
+        detail.append(f"{len(report.dropped)} head/extra tensors dropped: {shown}")
+    if report.missing_optional:
+        detail.append(f"{len(report.missing_optional)} num_batches_tracked buffers absent (allowed)")
+    lines = [
+        ("plugin", f"{source.name} ({source.architecture}, {source.in_channels} input channel(s))"),
+        ("file", str(report.path)),
+        ("tensors", f"{report.matched} of {total} backbone tensors matched" + (f" ({'; '.join(detail)})" if detail else "")),
+        ("channels", report.channels_adapted or "as published"),
+        ("sha256", report.sha256),
+        *[(alg, digest) for alg, digest in report.digests.items() if alg != "sha256"],
+        ("hash", _hash_status(report.hash_ok, source)),
+    ]
+    failed = args.strict_hash and report.hash_ok is False
+    lines.append(("result", "FAILED (hash mismatch, --strict-hash)" if failed else "OK"))
+    for key, value in lines:
+        print(f"{key:<9} {value}")
+    return 1 if failed else 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from cxrkit.weights import import_weight_file
+
+    with _weight_errors():
+        result = import_weight_file(args.plugin, args.file, trust=args.trust, force=args.force)
+    loaded = result.loaded
+    verb = "installed" if result.copied else "already installed"
+    print(f"{verb}: {args.file} -> {result.destination}")
+    print(f"verified {loaded.matched} backbone tensors for plugin '{loaded.plugin}'; sha256 {loaded.sha256}")
+    if loaded.hash_ok is not None:
+        print(f"published hash: {'OK' if loaded.hash_ok else 'MISMATCH (see warning)'}")
+    return 0
