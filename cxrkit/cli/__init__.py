@@ -26,6 +26,12 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 #: subcommand name -> module that defines ``add_parser``.
 COMMANDS: dict[str, str] = {
     "list": "cxrkit.cli.list_cmd",
+    "data": "cxrkit.cli.data_cmd",
+    "report": "cxrkit.cli.report_cmd",
+    "compare-report": "cxrkit.cli.compare_report_cmd",
+    "weights": "cxrkit.cli.weights_cmd",
+    "run": "cxrkit.cli.run_cmd",
+    "demo": "cxrkit.cli.demo_cmd",
 }
 
 

@@ -1,0 +1,262 @@
+"""Resumable, reproducible training: RNG state, per-epoch data order, the last checkpoint.
+
+A run stopped at any point continues from ``models/checkpoint_last.pt`` and
+ends exactly where an uninterrupted run with the same seed ends:
+
+* the data order of epoch ``e`` comes from a generator seeded with
+  ``(seed, e)`` (:class:`EpochSeededSampler`), and so do the seeds of the data
+  workers and of random transforms (:class:`EpochSeeding`), so nothing about an
+  epoch's data depends on earlier epochs;
+* everything else random (dropout) draws from the global RNGs, whose state is
+  saved with the model, optimiser, trainer counters, metric history, best-model
+  tracking and early-stopping counters (:class:`RNGState`, :class:`RunCheckpoint`);
+* the checkpoint is written at the end of every epoch, after validation,
+  atomically (temporary file + ``os.replace``): an exception never leaves a
+  half-written file, and the previous epoch's checkpoint stays until the new
+  one is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sized
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+from torch.utils.data import Sampler
+
+__all__ = [
+    "RNGState",
+    "EpochSeededSampler",
+    "EpochSeeding",
+    "AtomicDiskSaver",
+    "RunCheckpoint",
+    "epoch_seed",
+    "LAST_CHECKPOINT",
+]
+
+logger = logging.getLogger(__name__)
+
+#: file name of the resume checkpoint inside ``<run>/models/``.
+LAST_CHECKPOINT = "checkpoint_last.pt"
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """A 63-bit seed derived from the run seed, the epoch and a stream number (order, workers...)."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class RNGState:
+    """The global random number generators (torch CPU and CUDA, numpy, ``random``) as a checkpointable object.
+
+    ``state_dict`` holds only tensors, ints, floats and tuples, so the checkpoint
+    loads with ``torch.load(weights_only=True)``.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state: dict[str, Any] = {
+            "torch": torch.get_rng_state(),
+            "numpy": {
+                "kind": str(kind),
+                "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached),
+            },
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        torch.set_rng_state(state["torch"].cpu())
+        npst = state["numpy"]
+        np.random.set_state(
+            (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+        )
+        py = state["python"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EpochSeededSampler(Sampler[int]):
+    """Random (or sequential) order whose permutation depends only on ``(seed, epoch)``.
+
+    Args:
+        data_source: the dataset (only its length is used).
+        seed: the run seed.
+        shuffle: ``False`` gives ``0..n-1`` every epoch (validation).
+    """
+
+    def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True) -> None:
+        self.data_source = data_source
+        self.seed = int(seed)
+        self.shuffle = bool(shuffle)
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of ``epoch`` (1-based, as Ignite counts)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.data_source)
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.data_source)
+        if not self.shuffle:
+            return iter(range(n))
+        generator = torch.Generator()
+        generator.manual_seed(epoch_seed(self.seed, self.epoch, 0))
+        return iter(torch.randperm(n, generator=generator).tolist())
+
+
+class EpochSeeding:
+    """Ignite handler: at every epoch start, derive the data order and augmentation seeds from ``(seed, epoch)``.
+
+    Sets the loader's :class:`EpochSeededSampler` epoch, reseeds the loader's
+    ``generator`` (which seeds the worker processes and, through MONAI's worker
+    init, their random transforms) and, for ``num_workers=0``, the random
+    transforms of the dataset in this process.
+
+    Args:
+        loader: a DataLoader built by :func:`cxrkit.engine.workflow.make_loader`.
+        seed: the run seed.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader, seed: int = 0) -> None:
+        if not isinstance(getattr(loader, "sampler", None), EpochSeededSampler):
+            raise TypeError("EpochSeeding needs a loader whose sampler is an EpochSeededSampler (use make_loader)")
+        if getattr(loader, "generator", None) is None:
+            raise TypeError("EpochSeeding needs a loader with its own torch.Generator (use make_loader)")
+        self.loader = loader
+        self.seed = int(seed)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        from monai.data.utils import set_rnd
+
+        epoch = engine.state.epoch
+        self.loader.sampler.set_epoch(epoch)
+        self.loader.generator.manual_seed(epoch_seed(self.seed, epoch, 1))
+        set_rnd(self.loader.dataset, epoch_seed(self.seed, epoch, 2) % (2**32))
+
+
+class AtomicDiskSaver(DiskSaver):
+    """Ignite ``DiskSaver`` that writes atomically and never deletes a fixed-name file before replacing it.
+
+    Ignite removes the previous file of a :class:`~ignite.handlers.Checkpoint`
+    before saving the next one; with a fixed file name (``model.pt``) that would
+    leave a moment with no file at all. Here the new file is written to a
+    temporary name and moved over the old one with ``os.replace``, and removing
+    a name in ``keep`` is a no-op. Saved files are made readable by the group,
+    like ``torch.save`` would.
+
+    Args:
+        dirname: folder of the files (created if needed).
+        keep: file names that are only ever replaced, never removed.
+    """
+
+    def __init__(self, dirname: str | os.PathLike[str], keep: tuple[str, ...] = ()) -> None:
+        super().__init__(str(dirname), atomic=True, create_dir=True, require_empty=False)
+        self.keep = tuple(keep)
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        super().__call__(checkpoint, filename, metadata)
+        try:
+            os.chmod(Path(self.dirname) / filename, 0o644)
+        except OSError:  # pragma: no cover - permissions are a nicety
+            pass
+
+    def remove(self, filename: str) -> None:
+        if filename in self.keep:
+            return
+        super().remove(filename)
+
+
+class RunCheckpoint:
+    """Ignite handler: save everything needed to resume at each epoch end; load it at start when resuming.
+
+    Attach it LAST to the trainer, after validation and the metric recorder, so
+    the saved state includes this epoch's validation.
+
+    Args:
+        save_dir: the run's ``models/`` folder.
+        objects: objects with ``state_dict``/``load_state_dict`` (model, optimizer, RNG, metric
+            history, best-model checkpoint, early stopping); ``None`` values are skipped.
+            The trainer is added as ``"trainer"`` when attached.
+        resume: load ``save_dir/checkpoint_last.pt`` when the trainer starts.
+        filename: checkpoint file name.
+
+    Raises:
+        ValueError: an object cannot be checkpointed.
+        FileNotFoundError: ``resume`` is set but the checkpoint is missing (at start).
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike[str],
+        objects: Mapping[str, Any],
+        resume: bool = False,
+        filename: str = LAST_CHECKPOINT,
+    ) -> None:
+        self.save_dir = Path(save_dir)
+        self.objects = {k: v for k, v in dict(objects).items() if v is not None}
+        for name, obj in self.objects.items():
+            if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+                raise ValueError(f"cannot checkpoint '{name}': {type(obj).__name__} has no state_dict/load_state_dict")
+        if "trainer" in self.objects:
+            raise ValueError("'trainer' is added by attach(); do not pass it in objects")
+        self.resume = bool(resume)
+        self.filename = filename
+        self._checkpoint: Checkpoint | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.save_dir / self.filename
+
+    def attach(self, engine: Engine) -> None:
+        to_save = dict(self.objects, trainer=engine)
+        self._checkpoint = Checkpoint(
+            to_save,
+            AtomicDiskSaver(self.save_dir, keep=(self.filename,)),
+            filename_pattern=self.filename,
+            n_saved=1,
+        )
+        if self.resume:
+            engine.add_event_handler(Events.STARTED, self.load, to_save)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+
+    def load(self, engine: Engine, to_load: dict[str, Any]) -> None:
+        """Restore every object from the checkpoint (``weights_only=True``)."""
+        if not self.path.is_file():
+            raise FileNotFoundError(
+                f"cannot resume: {self.path} does not exist (the run ended before its first epoch finished); "
+                "start the run again without --resume"
+            )
+        checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
+        missing = sorted(set(to_load) - set(checkpoint))
+        if missing:
+            raise KeyError(f"{self.path} lacks {', '.join(missing)}; it was not written by this kind of run")
+        max_epochs = engine.state.max_epochs
+        Checkpoint.load_objects(to_load=to_load, checkpoint=checkpoint)
+        if max_epochs is not None:
+            engine.state.max_epochs = max(int(max_epochs), int(engine.state.epoch))
+        logger.info("resumed from %s at epoch %d (of %s)", self.path, engine.state.epoch, engine.state.max_epochs)
+
+    def save(self, engine: Engine) -> None:
+        """Write ``checkpoint_last.pt`` atomically."""
+        assert self._checkpoint is not None, "attach() first"
+        # a fixed file name: make ignite treat every epoch as a new save
+        self._checkpoint.reset()
+        self._checkpoint(engine)
+        logger.debug("saved %s (epoch %d)", self.path, engine.state.epoch)
