@@ -198,4 +198,7 @@ def run_demo(
     })
     metrics = json.loads((run_dir / "metrics.json").read_text())
     evaluation = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
+    from cxrkit.report import write_report
+
+    write_report(run_dir, bootstrap=1000, seed=seed)
     return DemoResult(dataset, run_dir, pretrained, metrics, evaluation)

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"evaluation     : accuracy {ev['accuracy']:.3f}, ROC AUC {ev['auc']:.3f} on {evaluation['n_images']} "
           f"validation images -> {result.run_dir / 'evaluation' / 'metrics.json'}")
     print(f"model          : {result.run_dir / 'models' / 'model.pt'}")
+    print(f"report         : {result.run_dir / 'report' / 'report.html'} (and report.md)")
     print(f"TensorBoard    : tensorboard --logdir {result.run_dir / 'tensorboard'}")
     print(f"next           : cxrkit run inference {result.run_dir} --input {result.dataset / 'COVID'}")
     return 0
