@@ -156,6 +156,8 @@ def prepare_data(
     skip_bad_images: bool = False,
     progress: bool = True,
     options: Mapping[str, Any] | None = None,
+    folds: Any = None,
+    fold: Any = 0,
 ) -> PreparedData:
     """Load a dataset, optionally subset it, check its images and split it (or reuse a split).
 
@@ -171,6 +173,8 @@ def prepare_data(
         skip_bad_images: leave unreadable images out (listed in the summary) instead of failing.
         progress: show a progress bar while checking images.
         options: extra keyword arguments for the dataset adapter.
+        folds: k for a k-fold cross-validation split (``None``: a hold-out split of ``val_fraction``).
+        fold: which of the ``folds`` folds is the validation part (0-based); recorded in ``split.json``.
 
     Raises:
         ValueError: no ``--dataset_dir``, or bad option values.
@@ -188,6 +192,10 @@ def prepare_data(
     task = optional(task)
     seed = int(seed)
     limit = _norm_int(max_items, "max_items", minimum=2)
+    n_folds = _norm_int(folds, "folds", minimum=2)
+    fold_index = _norm_int(fold, "fold", minimum=0) or 0
+    if n_folds is not None and fold_index >= n_folds:
+        raise ValueError(f"--fold must be between 0 and {n_folds - 1} for --folds {n_folds}, got {fold_index}")
     spec = load_dataset(str(dataset), str(root_path), task=task, **dict(options or {}))
     items = list(spec.items)
     if limit is not None and limit < len(items):
@@ -201,6 +209,8 @@ def prepare_data(
         manifest = run_paths.split
     if manifest is not None:
         split = load_split(str(manifest), spec)
+    elif n_folds is not None:
+        split = make_split(spec, seed=seed, folds=n_folds, fold=fold_index)
     else:
         if not 0.0 < float(val_fraction) < 1.0:
             raise ValueError(f"--val_fraction must be between 0 and 1, got {val_fraction}")
