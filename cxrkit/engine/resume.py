@@ -48,7 +48,7 @@ LAST_CHECKPOINT = "checkpoint_last.pt"
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     """A 63-bit seed derived from the run seed, the epoch and a stream number (order, workers...)."""
-    return int(np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(2, np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(2, np.uint64)[0]) >> 1
 
 
 class RNGState:

@@ -1,0 +1,135 @@
+"""`cxrkit compare` (fine-tuning): one split for every plugin, skipped plugins, the ranked report, k-fold splits.
+
+Runs on the real radiography sample at 32 px, 1 epoch, a dozen images. The
+pretrained plugin's weight file is fabricated in its real layout (see
+test_weights_layouts.py) in a temporary weights folder; HOME is a temporary
+folder too, so no file of the machine is found or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.models as tvm
+import yaml
+from conftest import shared_data
+from test_report_runfolder import md_tables
+from test_weights_layouts import LAYOUTS, save
+
+from cxrkit.cli import CLIError, compare_cmd
+from cxrkit.engine.prepare import prepare_data
+from cxrkit.experiment.compare import CompareError, CompareSettings, plan_plugins, resolve_plugins
+
+RADIOGRAPHY = ("radiography", "COVID-19_Radiography_Dataset")
+
+
+def write_inat_swav(folder: Path, seed: int = 0) -> Path:
+    """An ``inat_swav`` checkpoint in its real layout (SwAV training wrapper, ``module.`` keys, projection
+    head, optimizer and amp state) holding a freshly initialised torchvision ResNet50, so the frozen
+    backbone gives finite features in evaluation mode (unit batch-norm variances)."""
+    torch.manual_seed(seed)
+    state = {k: v for k, v in tvm.resnet50(weights=None).state_dict().items() if not k.startswith("fc.")}
+    layout = LAYOUTS["inat_swav"]
+    return save(layout.build(state), folder / layout.filename)
+
+
+@pytest.fixture(scope="session")
+def weights_store(tmp_path_factory) -> Path:
+    """A weights folder holding a fabricated ``inat_swav`` file in its real layout (and nothing else)."""
+    store = tmp_path_factory.mktemp("weights")
+    write_inat_swav(store / "inat_swav")
+    return store
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch, weights_store) -> Path:
+    """Weights only from ``weights_store``; HOME, torch hub and the feature cache inside ``tmp_path``."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home" / "torch"))
+    monkeypatch.setenv("CXRKIT_WEIGHTS_DIR", str(weights_store))
+    monkeypatch.setenv("CXRKIT_FEATURE_CACHE", str(tmp_path / "features"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def compare_cli(argv: list[str]) -> int:
+    """``cxrkit compare ARGS`` through the subcommand's own parser."""
+    parser = argparse.ArgumentParser(prog="cxrkit")
+    compare_cmd.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["compare", *argv])
+    return args.func(args)
+
+
+def test_plan_skips_absent_files_with_the_import_command(isolated, weights_store):
+    plans = {p.plugin: p for p in plan_plugins(["random", "inat_swav", "swav"])}
+    assert plans["random"].skipped is None and plans["random"].weights_path is None
+    assert plans["inat_swav"].skipped is None
+    assert plans["inat_swav"].weights_path == str((weights_store / "inat_swav" / "inat2021_swav_mini_1000_ep.pth")
+                                                  .resolve())
+    assert "cxrkit weights import swav /path/to/swav_800ep_pretrain.pth.tar" in plans["swav"].skipped
+    assert resolve_plugins("random, inat_swav") == ["random", "inat_swav"]
+    assert "random" in resolve_plugins("all") and "swav" in resolve_plugins(["all"])
+    with pytest.raises(CompareError, match="unknown weight plugin.*nope"):
+        resolve_plugins("random,nope")
+
+
+def test_bad_settings_are_clear_errors(isolated):
+    with pytest.raises(CompareError, match="--folds must be at least 2"):
+        CompareSettings("radiography", str(isolated), folds=1).check()
+    with pytest.raises(CompareError, match="--root .*no such folder"):
+        CompareSettings("radiography", str(isolated / "missing")).check()
+    root = str(shared_data(*RADIOGRAPHY))
+    with pytest.raises(CLIError, match="no plugin can run: swav: weight file"):
+        compare_cli(["--root", root, "--plugins", "swav", "--out", str(isolated / "c"), "--no_progress"])
+
+
+def test_kfold_splits_are_recorded_and_disjoint(isolated):
+    root = shared_data(*RADIOGRAPHY)
+    parts = [prepare_data("radiography", root, max_items=20, progress=False, folds=2, fold=k) for k in (0, 1)]
+    vals = [{it["image"] for it in p.val} for p in parts]
+    assert vals[0].isdisjoint(vals[1]) and len(vals[0] | vals[1]) == 20
+    assert [p.split.manifest["fold"] for p in parts] == [0, 1]
+    assert all(p.split.manifest["folds"] == 2 for p in parts)
+    with pytest.raises(ValueError, match="--fold must be between 0 and 1"):
+        prepare_data("radiography", root, max_items=20, progress=False, folds=2, fold=2)
+
+
+def test_compare_finetune_two_plugins_one_split(isolated, capsys):
+    root = shared_data(*RADIOGRAPHY)
+    out = isolated / "cmp"
+    code = compare_cli(["--dataset", "radiography", "--root", str(root), "--plugins", "random,inat_swav,swav",
+                        "--epochs", "1", "--image_size", "32", "--batch_size", "4", "--max_items", "12",
+                        "--out", str(out), "--device", "cpu", "--bootstrap", "50", "--no_progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "skipped" in printed and str(out / "comparison.md") in printed
+
+    # one split, written once, used by every run
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) == 12
+    for plugin in ("random", "inat_swav"):
+        run = out / "runs" / plugin
+        assert json.loads((run / "split.json").read_text()) == split
+        assert (run / "models" / "model.pt").is_file()
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert [row["epoch"] for row in metrics["epochs"]] == [1]
+        config = yaml.safe_load((run / "configs" / "train.yaml").read_text())
+        assert config["split_manifest"] == str(out / "split.json") and config["plugin"] == plugin
+    weights = json.loads((out / "runs" / "inat_swav" / "weights.json").read_text())
+    assert weights["pretrained"] is True and weights["path"].endswith("inat2021_swav_mini_1000_ep.pth")
+    assert not (out / "runs" / "swav").exists()
+
+    # the report ranks both sources and lists the skipped one with its import command
+    text = (out / "comparison.md").read_text()
+    ranking = md_tables(text)["Ranking"][0]
+    assert [row[0] for row in ranking[1:]] == ["1", "2"]
+    assert sorted(row[1] for row in ranking[1:]) == ["inat_swav", "random"]
+    skipped = text.split("## Skipped sources", 1)[1]
+    assert "**swav**" in skipped and "cxrkit weights import swav" in skipped
+    record = json.loads((out / "compare.json").read_text())
+    assert [r["status"] for r in record["runs"]] == ["finished", "finished"]
+    assert set(record["skipped"]) == {"swav"}
