@@ -1,4 +1,4 @@
-"""Ignite handlers of a training run: metric history, best model, TensorBoard, progress, early stopping.
+"""Ignite handlers of a training run: metric history, best model, TensorBoard, progress, early stopping, sample ids.
 
 The handlers that write prediction and evaluation files are in :mod:`cxrkit.engine.writers`.
 
@@ -34,9 +34,16 @@ __all__ = [
     "TensorBoardImages",
     "ProgressBar",
     "ValidationEarlyStopping",
+    "SampleIdRecorder",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def _is_main() -> bool:
+    import ignite.distributed as idist
+
+    return idist.get_rank() == 0
 
 
 def lower_is_better(metric: str) -> bool:
@@ -196,6 +203,8 @@ class MetricsRecorder:
         row["lr"] = float(self.optimizer.param_groups[0]["lr"])
         row["time_s"] = round(time.time() - self._epoch_start, 3)
         self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
+        if not _is_main():  # under torchrun, rank 0 writes the run folder (every rank keeps the rows)
+            return
         self.write()
         if self.writer is not None:
             for name, value in row.items():
@@ -333,3 +342,52 @@ class ValidationEarlyStopping:
             self._pending = dict(state_dict)
         else:
             self._handler.load_state_dict(state_dict)
+
+
+class SampleIdRecorder:
+    """Ignite handler (trainer), a debug aid: the dataset ``index`` of every sample each rank trained on.
+
+    Writes ``<folder>/sample_ids_rank<r>.json`` (``{"rank", "world_size",
+    "epochs": {"1": [ids...], ...}}``) at each epoch end, one file per rank (the
+    one exception to "only rank 0 writes"). Off unless ``record_sample_ids``.
+
+    Args:
+        folder: where the files go (the run's ``debug/`` folder).
+        enabled: record at all.
+        key: the batch key holding the item ids.
+    """
+
+    def __init__(self, folder: str | Path, enabled: Any = False, key: str = "index") -> None:
+        from cxrkit.engine.workflow import flag
+
+        self.folder = Path(folder)
+        self.enabled = flag(enabled, "record_sample_ids")
+        self.key = key
+        self.epochs: dict[str, list[int]] = {}
+
+    @property
+    def path(self) -> Path:
+        import ignite.distributed as idist
+
+        return self.folder / f"sample_ids_rank{idist.get_rank()}.json"
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def __call__(self, engine: Engine) -> None:
+        batch = engine.state.batch
+        if isinstance(batch, list):
+            ids = [int(torch.as_tensor(item[self.key]).reshape(-1)[0]) for item in batch]
+        else:
+            if self.key not in batch:
+                raise KeyError(f"record_sample_ids: the training batches have no {self.key!r} entry")
+            ids = [int(v) for v in torch.as_tensor(batch[self.key]).reshape(-1).tolist()]
+        self.epochs.setdefault(str(engine.state.epoch), []).extend(ids)
+
+    def write(self, engine: Engine) -> None:
+        import ignite.distributed as idist
+
+        data = {"rank": idist.get_rank(), "world_size": idist.get_world_size(), "epochs": self.epochs}
+        atomic_write_json(self.path, data)

@@ -27,6 +27,9 @@ __all__ = [
     "list_images",
     "model_file",
     "prepare_batch",
+    "amp_enabled",
+    "amp_kwargs",
+    "place_network",
     "IMAGE_SUFFIXES",
 ]
 
@@ -75,6 +78,9 @@ def select_device(device: Any = "auto") -> torch.device:
         chosen = device
     else:
         text = str(optional(device) or "auto").strip().lower()
+        if text in ("auto", "cuda") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+            # one GPU per process under torchrun
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         if text == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
@@ -100,11 +106,21 @@ def configure_threads(num_threads: Any = None, num_workers: int = 0) -> int:
 
 def make_dataset(data: Sequence[Mapping[str, Any]], transform: Callable, cache: Any = False,
                  num_workers: int = 0) -> torch.utils.data.Dataset:
-    """A MONAI ``Dataset``, or a ``CacheDataset`` (decoded, resized images kept in memory) when ``cache``."""
+    """A MONAI ``Dataset``, or a ``CacheDataset`` (decoded, resized images kept in memory) when ``cache``.
+
+    The cache holds each item's result up to the first random transform. When
+    no random transform follows (no ``--augment``), cached items are handed out
+    without MONAI's per-item deep copy (``copy_cache=False``): nothing after the
+    cache can change them.
+    """
     from monai.data import CacheDataset, Dataset
+    from monai.transforms import Compose, Randomizable
 
     if flag(cache, "cache"):
-        return CacheDataset(list(data), transform=transform, num_workers=int(num_workers) or None, progress=False)
+        steps = transform.transforms if isinstance(transform, Compose) else (transform,)
+        deterministic = not any(isinstance(t, Randomizable) for t in steps)
+        return CacheDataset(list(data), transform=transform, num_workers=int(num_workers) or None, progress=False,
+                            copy_cache=not deterministic)
     return Dataset(list(data), transform=transform)
 
 
@@ -112,10 +128,15 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int = 32, shuffle
                 num_workers: int = 0) -> torch.utils.data.DataLoader:
     """A MONAI ``DataLoader`` whose order depends only on ``(seed, epoch)`` (see :mod:`cxrkit.engine.resume`).
 
-    A training loader drops a last batch of a single image (batch norm cannot train on one value).
+    A training loader drops a last batch of a single image (batch norm cannot
+    train on one value). Under ``torchrun`` each process reads its shard
+    (:class:`cxrkit.engine.distributed.ShardedEpochSampler`: padded for training,
+    exact for validation). Batches are pinned for a GPU. Workers are not kept
+    between epochs: a new epoch's workers are seeded from ``(seed, epoch)``.
     """
     from monai.data import DataLoader
 
+    from cxrkit.engine.distributed import ShardedEpochSampler, world_size
     from cxrkit.engine.resume import EpochSeededSampler, epoch_seed
 
     batch_size = int(batch_size)
@@ -123,18 +144,57 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int = 32, shuffle
         raise ValueError(f"--batch_size must be >= 1, got {batch_size}")
     generator = torch.Generator()
     generator.manual_seed(epoch_seed(int(seed), 0, 1))
-    drop_last = bool(shuffle) and len(dataset) > 1 and len(dataset) % batch_size == 1
+    if world_size() > 1:
+        sampler: EpochSeededSampler = ShardedEpochSampler(dataset, seed=int(seed), shuffle=bool(shuffle),
+                                                          pad=bool(shuffle))
+    else:
+        sampler = EpochSeededSampler(dataset, seed=int(seed), shuffle=bool(shuffle))
+    drop_last = bool(shuffle) and len(sampler) > 1 and len(sampler) % batch_size == 1
     if drop_last:
         logger.info("dropping the last training batch of 1 image (batch norm needs 2)")
+    workers = int(num_workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=EpochSeededSampler(dataset, seed=int(seed), shuffle=bool(shuffle)),
-        num_workers=int(num_workers),
+        sampler=sampler,
+        num_workers=workers,
         generator=generator,
         drop_last=drop_last,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def amp_enabled(amp: Any, device: Any) -> bool:
+    """Whether to train/infer with autocast: ``amp: auto`` means on a CUDA device; ``true`` needs CUDA.
+
+    Raises:
+        ValueError: ``amp: true`` on a CPU, or not ``auto``/``true``/``false``.
+    """
+    device = torch.device(device)
+    if isinstance(amp, str) and amp.strip().lower() == "auto":
+        return device.type == "cuda"
+    on = flag(amp, "amp")
+    if on and device.type != "cuda":
+        raise ValueError("--amp true needs a CUDA device; use --amp auto (mixed precision on GPU only) or false")
+    return on
+
+
+def amp_kwargs(amp: Any, device: Any) -> dict[str, Any]:
+    """``torch.autocast`` arguments: bfloat16 where the GPU supports it (no loss scaling needed), else float16."""
+    if not amp_enabled(amp, device):
+        return {}
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return {"dtype": torch.bfloat16 if bf16 else torch.float16}
+
+
+def place_network(network: torch.nn.Module, device: Any, channels_last: Any = "auto") -> torch.nn.Module:
+    """Move ``network`` to ``device``; ``channels_last`` memory format (``auto``: on CUDA, where it is faster)."""
+    device = torch.device(device)
+    network = network.to(device)
+    text = str(channels_last).strip().lower()
+    if (device.type == "cuda") if text == "auto" else flag(channels_last, "channels_last"):
+        network = network.to(memory_format=torch.channels_last)
+    return network
 
 
 def pick_metrics(metrics: Mapping[str, Any], name: str, key: bool) -> dict[str, Any]:

@@ -1,0 +1,131 @@
+"""Benchmark targets, PASS/FAIL checks, and the ``benchmark.json`` / ``benchmark.md`` outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+__all__ = ["Target", "TARGETS", "check_targets", "markdown", "write_report"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One performance target.
+
+    Attributes:
+        name: short id.
+        description: what is required.
+        value: reads the measured value from the results (``None``: not measured in this run).
+        passes: whether a value meets the target.
+        applies: whether the target applies to these settings (e.g. CPU at 224 px).
+    """
+
+    name: str
+    description: str
+    value: Callable[[Mapping[str, Any]], float | None]
+    passes: Callable[[float], bool]
+    applies: Callable[[Mapping[str, Any]], bool] = lambda results: True
+
+
+def _get(results: Mapping[str, Any], *keys: str) -> Any:
+    value: Any = results
+    for key in keys:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("trainer_vs_plain", "bundle trainer >= 0.95x the plain loop's images/s",
+           lambda r: _get(r, "training", "trainer_over_plain"), lambda v: v >= 0.95),
+    Target("data_wait_cached", "waiting for data < 5% of step time with the cache",
+           lambda r: _get(r, "data_wait", "cached", "data_wait_share"), lambda v: v < 0.05),
+    Target("cpu_inference", "CPU inference >= 15 images/s at batch 16, 224 px (2 cores)",
+           lambda r: _get(r, "inference", "optimized", "batch_16"), lambda v: v >= 15.0,
+           lambda r: _get(r, "settings", "device_type") == "cpu" and _get(r, "settings", "inference_size") == 224),
+    Target("gpu_training", "GPU training >= 2,500 images/s (ResNet50, 224 px, one H100)",
+           lambda r: _get(r, "training", "trainer", "images_per_s"), lambda v: v >= 2500.0,
+           lambda r: _get(r, "settings", "device_type") == "cuda" and _get(r, "settings", "image_size") == 224),
+)
+
+
+def check_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every target with its measured value and ``PASS``, ``FAIL`` or ``n/a`` (not applicable or not measured)."""
+    rows = []
+    for target in TARGETS:
+        value = target.value(results)
+        if value is None or not target.applies(results):
+            status = "n/a"
+        else:
+            status = "PASS" if target.passes(float(value)) else "FAIL"
+        rows.append({"target": target.name, "description": target.description, "value": value, "status": status})
+    return rows
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    """The results as Markdown tables (settings, training, data wait, inference, linear probe, targets)."""
+    s = results["settings"]
+    lines = [
+        "# cxrkit benchmark",
+        "",
+        f"Machine: {s['machine']}; device {s['device']}; torch {s['torch']}; {s['threads']} threads.",
+        f"Model: {s['plugin']} ({s['architecture']}), {s['image_size']} px, batch {s['batch_size']}, "
+        f"{s['steps']} timed steps after {s['warmup']} warm-up steps, {s.get('rounds', 1)} alternating round(s) "
+        "of trainer and plain loop; each loop's fastest round (median step within a round).",
+        "",
+        "## Training",
+        "",
+        "| loop | images/s | median step (s) | data wait |",
+        "|---|---|---|---|",
+    ]
+    for name in ("trainer", "plain"):
+        t = results["training"][name]
+        lines.append(f"| {name} | {_fmt(t['images_per_s'])} | {_fmt(t['median_step_s'], 3)} | "
+                     f"{_fmt(100 * t['data_wait_share'], 1)} % |")
+    lines += ["", f"trainer/plain ratio: {results['training']['trainer_over_plain']:.2f}", ""]
+    if results.get("data_wait"):
+        lines += ["## Waiting for data (plain loop)", "", "| loader | images/s | data wait |", "|---|---|---|"]
+        for name, t in results["data_wait"].items():
+            lines.append(f"| {name} | {_fmt(t['images_per_s'])} | {_fmt(100 * t['data_wait_share'], 1)} % |")
+        lines.append("")
+    if results.get("inference"):
+        inf = results["inference"]
+        sizes = list(next(iter(inf.values())).keys())
+        lines += [f"## Inference ({s['inference_size']} px, images/s)", "",
+                  "| model | " + " | ".join(sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for name, row in inf.items():
+            lines.append(f"| {name} | " + " | ".join(_fmt(row[k]) for k in sizes) + " |")
+        lines.append("")
+    if results.get("linear_probe"):
+        lp = results["linear_probe"]
+        lines += ["## Linear probe vs fine-tuning (one epoch)", "",
+                  "| train images | feature extraction (s, once) | probe epoch (s) | fine-tuning epoch (s) | ratio |",
+                  "|---|---|---|---|---|",
+                  f"| {lp['train_images']} | {_fmt(lp['feature_extraction_s'])} | {_fmt(lp['probe_epoch_s'], 4)} | "
+                  f"{_fmt(lp['finetune_epoch_s'])} | {_fmt(lp['finetune_over_probe'], 1)}x |", ""]
+    lines += ["## Targets", "", "| target | value | status |", "|---|---|---|"]
+    for row in results["targets"]:
+        lines.append(f"| {row['description']} | {_fmt(row['value'], 3)} | {row['status']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict[str, Any], output: str | Path) -> tuple[Path, Path]:
+    """Add the target checks to ``results`` and write ``benchmark.json`` and ``benchmark.md`` into ``output``."""
+    from cxrkit.engine.record import atomic_write_json, atomic_write_text
+
+    results["targets"] = check_targets(results)
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path = atomic_write_json(folder / "benchmark.json", results)
+    md_path = atomic_write_text(folder / "benchmark.md", markdown(results))
+    return json_path, md_path
