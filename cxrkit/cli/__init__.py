@@ -30,9 +30,14 @@ COMMANDS: dict[str, str] = {
     "data": "cxrkit.cli.data_cmd",
     "report": "cxrkit.cli.report_cmd",
     "compare-report": "cxrkit.cli.compare_report_cmd",
+    "compare": "cxrkit.cli.compare_cmd",
     "weights": "cxrkit.cli.weights_cmd",
     "run": "cxrkit.cli.run_cmd",
     "demo": "cxrkit.cli.demo_cmd",
+    "predict": "cxrkit.cli.predict_cmd",
+    "export": "cxrkit.cli.export_cmd",
+    "label": "cxrkit.cli.label_cmd",
+    "review": "cxrkit.cli.review_cmd",
 }
 
 

@@ -109,7 +109,10 @@ def _numpy_scalar_globals() -> list[Any]:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is a dependency
         return []
-    scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+    try:  # numpy 2
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1.26 (what monailabel pins)
+        from numpy.core.multiarray import scalar
     allowed: list[Any] = [
         (scalar, "numpy._core.multiarray.scalar"),
         (scalar, "numpy.core.multiarray.scalar"),

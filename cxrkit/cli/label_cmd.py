@@ -1,0 +1,74 @@
+"""``cxrkit label serve RUN_DIR --studies DIR``: serve trained runs to clinicians with MONAI Label."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "label",
+        help="serve trained runs with MONAI Label (needs the label extra)",
+        description="MONAI Label server for trained cxrkit runs (pip install -e \".[label]\").",
+    )
+    actions = p.add_subparsers(dest="label_command", metavar="ACTION")
+    s = actions.add_parser(
+        "serve",
+        help="start a MONAI Label server for run folders on a folder of radiographs",
+        description=(
+            "Start `monailabel start_server` with cxrkit's app, serving each RUN_DIR as a classification "
+            "model named after its folder, on a studies folder of PNG/JPEG/DICOM files (image id = file name "
+            "without extension) or a DICOMweb URL. Listens on 127.0.0.1 unless --host says otherwise; never "
+            "downloads anything (zoo_source github, no model zoo lookup)."
+        ),
+        epilog=(
+            "examples:\n  cxrkit label serve runs/inat_swav-20240101-120000 --studies /data/xrays\n"
+            "  curl -X POST 'http://127.0.0.1:8000/infer/inat_swav-20240101-120000?image=patient_scan&output=json'"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="trained run folders to serve")
+    s.add_argument("--studies", required=True, help="folder of radiographs, or a DICOMweb URL")
+    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    s.add_argument("--app-dir", "--app_dir", dest="app_dir", default=None, metavar="DIR",
+                   help="working copy of the app (default: $CXRKIT_LABEL_APP_DIR or ~/.cache/cxrkit/label-app)")
+    s.add_argument("--dry-run", dest="dry_run", action="store_true",
+                   help="print the environment and command instead of starting the server")
+    s.set_defaults(func=run_serve)
+    a = actions.add_parser("app", help="print the folder of cxrkit's MONAI Label app (for monailabel --app)")
+    a.set_defaults(func=run_app)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def run_app(args: argparse.Namespace) -> int:
+    from cxrkit.label import APP_DIR
+
+    print(APP_DIR)
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from cxrkit.cli import CLIError
+    from pathlib import Path
+
+    from cxrkit.label import APP_DIR
+    from cxrkit.label.server import LabelServerError, default_app_dir, serve, server_command, server_env
+
+    try:
+        if args.dry_run:
+            app = Path(args.app_dir).expanduser().resolve() if args.app_dir else default_app_dir()
+            cmd = server_command(args.run_dirs, args.studies, app, host=args.host, port=args.port)
+            env = server_env(app, base={})
+            print(f"# `serve` first copies the app {APP_DIR} (main.py, lib/) to {app}")
+            for key, value in env.items():
+                print(f"export {key}={shlex.quote(value)}")
+            print(shlex.join(cmd))
+            return 0
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: listening on {args.host}: other machines can reach this server; MONAI Label has "
+                  "no authentication unless you configure it")
+        return serve(args.run_dirs, args.studies, host=args.host, port=args.port, app_dir=args.app_dir)
+    except LabelServerError as exc:
+        raise CLIError(str(exc)) from None

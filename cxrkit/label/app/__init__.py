@@ -1,0 +1,1 @@
+"""cxrkit's MONAI Label app: ``monailabel start_server --app <this folder> ...`` (see ``main.py``)."""

@@ -1,0 +1,191 @@
+"""Start MONAI Label with cxrkit's app: the command line, its environment, and a working copy of the app.
+
+``monailabel start_server`` writes into the app folder (``logs/``, ``model/``,
+``bin/``), so :func:`prepare_app` copies the app shipped in
+:data:`cxrkit.label.APP_DIR` into a working folder (default
+``$CXRKIT_LABEL_APP_DIR`` or ``~/.cache/cxrkit/label-app``) and the server runs
+from there. :func:`server_command` and :func:`server_env` give the exact
+command and environment (``cxrkit label serve --dry-run`` prints them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from cxrkit.label import APP_DIR
+
+__all__ = [
+    "DATASTORE_EXTENSIONS",
+    "LabelServerError",
+    "default_app_dir",
+    "monailabel_available",
+    "prepare_app",
+    "serve",
+    "server_command",
+    "server_env",
+]
+
+logger = logging.getLogger(__name__)
+
+#: files of a studies folder the server lists (MONAI_LABEL_DATASTORE_FILE_EXT).
+DATASTORE_EXTENSIONS = ("*.png", "*.jpg", "*.jpeg", "*.dcm", "*.nii.gz", "*.nii")
+_APP_FILES = ("__init__.py", "main.py", "lib")
+
+
+class LabelServerError(RuntimeError):
+    """The server cannot be started as asked; the message says why and what to do."""
+
+
+def monailabel_available() -> bool:
+    """Whether MONAI Label is installed here (``pip install -e ".[label]"``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("monailabel") is not None
+
+
+def default_app_dir() -> Path:
+    """The app's working folder: ``$CXRKIT_LABEL_APP_DIR`` or ``~/.cache/cxrkit/label-app``."""
+    env = os.environ.get("CXRKIT_LABEL_APP_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cxrkit" / "label-app"
+
+
+def prepare_app(workdir: str | os.PathLike | None = None) -> Path:
+    """Copy cxrkit's MONAI Label app (``main.py``, ``lib/``) into ``workdir``, replacing older copies.
+
+    The working folder's ``model/`` and ``logs/`` are kept.
+
+    Args:
+        workdir: where the server runs the app (default :func:`default_app_dir`).
+
+    Returns:
+        The app folder to pass to ``monailabel start_server --app``.
+    """
+    target = Path(workdir).expanduser().resolve() if workdir else default_app_dir().resolve()
+    if target == APP_DIR.resolve():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    for name in _APP_FILES:
+        src, dst = APP_DIR / name, target / name
+        if src.is_dir():
+            if dst.exists():
+                shutil.rmtree(dst)
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, dst)
+    (target / "model").mkdir(exist_ok=True)
+    return target
+
+
+def server_command(
+    bundles: Sequence[str | os.PathLike],
+    studies: str | os.PathLike,
+    app: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    models: Sequence[str] = (),
+    python: str | None = None,
+    extra_conf: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The ``monailabel start_server`` command line serving ``bundles``.
+
+    Args:
+        bundles: run folders (``--conf bundles``).
+        studies: a folder of radiographs, or a DICOMweb URL.
+        app: the app folder (see :func:`prepare_app`).
+        host: interface to listen on (loopback by default).
+        port: TCP port.
+        models: names of bundles under the app's ``model/`` folder (``--conf models``).
+        python: the interpreter (default: this one, so the server sees the same packages).
+        extra_conf: more ``--conf key value`` pairs.
+
+    Returns:
+        The argument list (``python -m monailabel.main start_server ...``).
+
+    Raises:
+        LabelServerError: nothing to serve, a bundle path that is not a folder, or a bad port.
+    """
+    if not bundles and not models:
+        raise LabelServerError("nothing to serve: give at least one run folder")
+    if not 0 < int(port) < 65536:
+        raise LabelServerError(f"--port must be 1-65535, got {port}")
+    paths = []
+    for bundle in bundles:
+        path = Path(bundle).expanduser().resolve()
+        if not path.is_dir():
+            raise LabelServerError(f"{bundle}: no such run folder")
+        if "," in str(path):
+            raise LabelServerError(f"{path}: a path with a comma cannot be passed to --conf bundles; link it elsewhere")
+        paths.append(str(path))
+    studies_arg = str(studies)
+    if not studies_arg.startswith(("http://", "https://")):
+        studies_path = Path(studies).expanduser()
+        if not studies_path.is_dir():
+            raise LabelServerError(
+                f"--studies {studies}: no such folder (a folder of PNG/JPEG/DICOM files, or a DICOMweb URL)"
+            )
+        studies_arg = str(studies_path.resolve())
+    cmd = [python or sys.executable, "-m", "monailabel.main", "start_server",
+           "--app", str(app), "--studies", studies_arg, "--host", host, "--port", str(int(port)),
+           "--conf", "zoo_source", "github"]
+    if paths:
+        cmd += ["--conf", "bundles", ",".join(paths)]
+    if models:
+        cmd += ["--conf", "models", ",".join(models)]
+    for key, value in (extra_conf or {}).items():
+        cmd += ["--conf", str(key), str(value)]
+    return cmd
+
+
+def server_env(app: str | os.PathLike, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for the server: radiograph file types listed, sessions kept in the app folder.
+
+    Values already set in ``base`` (default ``os.environ``) win.
+    """
+    env = dict(os.environ if base is None else base)
+    env.setdefault("MONAI_LABEL_DATASTORE_FILE_EXT", json.dumps(list(DATASTORE_EXTENSIONS)))
+    env.setdefault("MONAI_LABEL_SESSION_PATH", str(Path(app) / "sessions"))
+    return env
+
+
+def serve(
+    bundles: Sequence[str | os.PathLike],
+    studies: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    app_dir: str | os.PathLike | None = None,
+    models: Sequence[str] = (),
+) -> int:
+    """Run the MONAI Label server in the foreground until it stops (Ctrl-C).
+
+    Returns:
+        The server's exit code.
+
+    Raises:
+        LabelServerError: MONAI Label is not installed, or bad arguments.
+    """
+    if not monailabel_available():
+        raise LabelServerError(
+            "MONAI Label is not installed in this environment; install the extra with "
+            '`pip install -e ".[label]"` (monailabel 0.8.5 with pydicom 2.4.4)'
+        )
+    app = prepare_app(app_dir)
+    cmd = server_command(bundles, studies, app, host=host, port=port, models=models)
+    env = server_env(app)
+    logger.info("starting: %s", " ".join(cmd))
+    process = subprocess.Popen(cmd, env=env)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        try:
+            return process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()

@@ -1,0 +1,95 @@
+"""The MONAI Label app's bundle selection and the ``cxrkit label serve`` command line (no server started)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from cxrkit.cli import main
+from cxrkit.label import APP_DIR
+from cxrkit.label.app.lib.bundles import BundleConfigError, find_bundles, model_name
+from cxrkit.label.server import DATASTORE_EXTENSIONS, LabelServerError, prepare_app, server_command, server_env
+
+
+def _fake_run(folder: Path) -> Path:
+    """A folder with the files that make a run servable (contents are not read here)."""
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    for name in ("configs/inference.yaml", "configs/metadata.json", "models/model.pt"):
+        (folder / name).write_text("{}")
+    return folder
+
+
+def test_app_layout_is_a_monai_label_app():
+    assert (APP_DIR / "main.py").is_file() and (APP_DIR / "lib" / "infers.py").is_file()
+    source = (APP_DIR / "main.py").read_text()
+    assert "class CXRKitApp(MONAILabelApp)" in source  # MONAI Label finds the app by its direct base class
+    infers = (APP_DIR / "lib" / "infers.py").read_text()
+    assert "type=InferType.CLASSIFICATION, add_post_restore=False" in infers
+
+
+def test_find_bundles_from_conf(tmp_path):
+    app = tmp_path / "app"
+    named = _fake_run(app / "model" / "covid")
+    run = _fake_run(tmp_path / "runs" / "inat_swav-20240101-120000")
+    found = find_bundles(app, {"models": "covid", "bundles": str(run), "zoo_source": "github"})
+    assert found == {"covid": named.resolve(), "inat_swav-20240101-120000": run.resolve()}
+    assert find_bundles(app, {"models": "all"}) == {"covid": named.resolve()}
+    assert model_name(Path("/x/my run (copy)")) == "my_run_copy"
+
+    with pytest.raises(BundleConfigError, match="no model to serve.*--conf bundles RUN_DIR.*there: covid"):
+        find_bundles(app, {})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BundleConfigError, match=r"--conf bundles: .*empty: not a trained cxrkit bundle"):
+        find_bundles(app, {"bundles": str(empty)})
+    other = _fake_run(tmp_path / "other" / "covid")
+    with pytest.raises(BundleConfigError, match="two models are named 'covid'"):
+        find_bundles(app, {"models": "covid", "bundles": str(other)})
+
+
+def test_server_command_is_offline_and_loopback(tmp_path):
+    run = _fake_run(tmp_path / "run")
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    app = prepare_app(tmp_path / "work")
+    assert (app / "main.py").read_text() == (APP_DIR / "main.py").read_text()
+    assert (app / "lib" / "infers.py").is_file() and (app / "model").is_dir()
+    cmd = server_command([run], studies, app, port=8123)
+    assert cmd[:4] == [sys.executable, "-m", "monailabel.main", "start_server"]
+    pairs = list(zip(cmd, cmd[1:]))
+    assert ("--host", "127.0.0.1") in pairs and ("--port", "8123") in pairs and ("--app", str(app)) in pairs
+    conf = [tuple(cmd[i + 1 : i + 3]) for i, c in enumerate(cmd) if c == "--conf"]
+    assert ("zoo_source", "github") in conf and ("bundles", str(run.resolve())) in conf
+    env = server_env(app, base={"MONAI_LABEL_SESSION_PATH": "/keep"})
+    assert json.loads(env["MONAI_LABEL_DATASTORE_FILE_EXT"]) == list(DATASTORE_EXTENSIONS)
+    assert {"*.png", "*.jpg", "*.jpeg", "*.dcm"} <= set(DATASTORE_EXTENSIONS)
+    assert env["MONAI_LABEL_SESSION_PATH"] == "/keep"  # the user's settings win
+    with pytest.raises(LabelServerError, match="no such folder"):
+        server_command([run], tmp_path / "missing", app)
+    with pytest.raises(LabelServerError, match="no such run folder"):
+        server_command([tmp_path / "nope"], studies, app)
+    with pytest.raises(LabelServerError, match="--port must be"):
+        server_command([run], studies, app, port=70000)
+
+
+def test_label_cli_dry_run_and_app(tmp_path, capsys):
+    run = _fake_run(tmp_path / "run")
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    rc = main(["label", "serve", str(run), "--studies", str(studies), "--app-dir", str(tmp_path / "work"),
+               "--port", "8124", "--dry-run"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert rc == 0
+    assert out[0].startswith("# `serve` first copies the app") and not (tmp_path / "work").exists()
+    assert out[1].startswith("export MONAI_LABEL_DATASTORE_FILE_EXT=")
+    cmd = shlex.split(out[-1])
+    assert cmd[1:4] == ["-m", "monailabel.main", "start_server"] and "zoo_source" in cmd
+    assert main(["label", "app"]) == 0
+    assert capsys.readouterr().out.strip() == str(APP_DIR)
+    assert main(["label", "serve", str(run), "--studies", str(tmp_path / "missing"), "--dry-run"]) == 1
+    assert "--studies" in capsys.readouterr().err

@@ -1,0 +1,179 @@
+"""A real MONAI Label server (cxrkit's app) on loopback: /info/, /infer/<model>, bad requests, Grad-CAM.
+
+Skipped when MONAI Label is not installed (``pip install -e ".[label]"``).
+The server is started with ``cxrkit label serve`` (``monailabel start_server
+... --conf zoo_source github``) in its own process group on a free port, and
+always killed at the end.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("monailabel", reason="MONAI Label is not installed: pip install -e \".[label]\"")
+
+from conftest import shared_data  # noqa: E402
+from cxrkit.cli import main  # noqa: E402
+from test_predict import tiny_run  # noqa: E402,F401 - session fixture (trained once, reused)
+
+STARTUP_TIMEOUT_S = 60.0
+REQUEST_TIMEOUT_S = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes, str]:
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
+            return resp.status, resp.read(), resp.headers.get("content-type", "")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers.get("content-type", "")
+
+
+def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, dict]:
+    boundary = uuid.uuid4().hex
+    body = io.BytesIO()
+    for name, value in fields.items():
+        body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, (filename, content) in files.items():
+        body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                   "Content-Type: application/octet-stream\r\n\r\n".encode())
+        body.write(content + b"\r\n")
+    body.write(f"--{boundary}--\r\n".encode())
+    return body.getvalue(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> Path:
+    """A studies folder of links to real radiographs: PNGs, a coronahack JPEG and the DX DICOM."""
+    folder = tmp_path_factory.mktemp("studies")
+    radiography = shared_data("radiography", "COVID-19_Radiography_Dataset")
+    sources = [
+        sorted((radiography / "COVID").glob("*.png"))[0],
+        sorted((radiography / "Normal").glob("*.png"))[0],
+        sorted(shared_data("coronahack", "Coronahack-Chest-XRay-Dataset", "Coronahack-Chest-XRay-Dataset",
+                           "test").glob("*.jpeg"))[0],
+        shared_data("dicom", "nih-cxr-dx-monochrome2.dcm"),
+    ]
+    for src in sources:
+        (folder / src.name).symlink_to(src)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run, studies, tmp_path_factory):  # noqa: F811 - the imported fixture
+    """``cxrkit label serve`` on a free loopback port; yields the base URL; killed in any case."""
+    port = _free_port()
+    work = tmp_path_factory.mktemp("label_app")
+    log = (work / "server.log").open("wb")
+    cmd = [sys.executable, "-m", "cxrkit", "label", "serve", str(tiny_run), "--studies", str(studies),
+           "--port", str(port), "--host", "127.0.0.1", "--app-dir", str(work / "app")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MONAI_LABEL_SESSION_PATH": str(work / "sessions")}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        info = None
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            try:
+                status, body, _ = _request(f"{base}/info/")
+                if status == 200:
+                    info = json.loads(body)
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.5)
+        if info is None or not info.get("name", "").startswith("cxrkit"):
+            log.flush()
+            tail = (work / "server.log").read_text(errors="replace")[-3000:]
+            pytest.fail(f"MONAI Label server not ready within {STARTUP_TIMEOUT_S:.0f} s (exit {proc.poll()}):\n{tail}")
+        yield base, info
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=15)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=15)
+        log.close()
+
+
+def _infer(base: str, model: str, image: str, params: dict | None = None, output: str = "json"):
+    body, headers = _multipart({"params": json.dumps(params or {})}, {})
+    query = urllib.parse.urlencode({"image": image, "output": output})
+    return _request(f"{base}/infer/{model}?{query}", data=body, headers=headers)
+
+
+def test_label_server_classifies_like_cxrkit_predict(server, tiny_run, studies, capsys):  # noqa: F811
+    base, info = server
+    model = tiny_run.name
+    assert list(info["models"]) == [model]
+    served = info["models"][model]
+    assert served["type"] == "classification" and served["labels"] == {"COVID": 0, "Normal": 1}
+    assert served["dimension"] == 2
+
+    files = sorted(p for p in studies.iterdir() if p.is_symlink())  # the server adds its own files beside them
+    assert len(files) == 4
+    assert main(["predict", str(tiny_run), *map(str, files), "--json", "--device", "cpu"]) == 0
+    expected = json.loads(capsys.readouterr().out)["predictions"]
+    assert [p["file"] for p in expected] == list(map(str, files))
+    for path, local in zip(files, expected):
+        image_id = path.name.split(".")[0]  # the file name without extension
+        status, body, ctype = _infer(base, model, image_id)
+        assert status == 200 and "json" in ctype, body[:500]
+        answer = json.loads(body)
+        scores = {p["label"]: p["score"] for p in answer["prediction"]}
+        assert [p["idx"] for p in answer["prediction"]] == [0, 1]
+        assert sum(scores.values()) == pytest.approx(1.0, abs=1e-5)
+        assert scores == pytest.approx(local["probabilities"], abs=1e-4), path.name
+        assert answer["predicted"]["label"] == local["label"]
+
+    # a request for an unknown image and a corrupt upload are the client's mistakes: 4xx, server keeps going
+    status, body, _ = _infer(base, model, "no-such-image")
+    assert status == 404 and "no-such-image" in json.loads(body)["detail"]
+    junk, headers = _multipart({"params": "{}"}, {"file": ("upload.png", np.random.default_rng(0).bytes(4096))})
+    status, body, _ = _request(f"{base}/infer/{model}?output=json", data=junk, headers=headers)
+    assert status == 422 and "cannot be read" in json.loads(body)["detail"]
+    status, _, _ = _infer(base, "no-such-model", files[0].name.split(".")[0])
+    assert status == 404
+    status, body, _ = _infer(base, model, files[0].name.split(".")[0])
+    assert status == 200 and json.loads(body)["predicted"]["label"] == expected[0]["label"]
+
+
+def test_label_server_returns_grad_cam_as_label_image(server, tiny_run, studies):  # noqa: F811
+    from PIL import Image
+
+    base, _ = server
+    dicom = next(studies.glob("*.dcm"))
+    status, body, ctype = _infer(base, tiny_run.name, dicom.stem, params={"cam": True}, output="image")
+    assert status == 200 and ctype.startswith("image/png"), body[:300]
+    cam = Image.open(io.BytesIO(body))
+    assert cam.mode == "L" and cam.size == (1024, 1024)  # the original radiograph's size
+    status, body, _ = _infer(base, tiny_run.name, dicom.stem, params={"cam": True}, output="json")
+    answer = json.loads(body)
+    assert answer["cam"]["layer"] == "backbone.layer4" and answer["cam"]["shape"] == [1024, 1024]
+    assert answer["cam"]["class"] == answer["predicted"]["label"]
