@@ -203,6 +203,31 @@ class FileIndex:
         return len(self._exact)
 
 
+def given_csv(root: Path, csv: str | None, what: str) -> Path | None:
+    """The CSV a user pointed at: ``root`` itself when it is a file, else the ``csv`` option.
+
+    Args:
+        root: the dataset root given by the user.
+        csv: the ``csv=`` option, absolute or relative to ``root``.
+        what: how the file is named in the error, e.g. ``"cohen: the metadata CSV"``.
+
+    Returns:
+        The path, or ``None`` when neither names a file (the adapter then searches).
+
+    Raises:
+        DatasetError: ``csv`` names a file that does not exist.
+    """
+    if root.is_file():
+        return root
+    if not csv:
+        return None
+    path = Path(csv).expanduser()
+    path = path if path.is_absolute() else root / path
+    if not path.is_file():
+        raise DatasetError(f"{what} {path} does not exist")
+    return path
+
+
 def read_csv_rows(path: Path, required: Sequence[str], what: str) -> list[dict[str, str]]:
     """Rows of a CSV file as dicts, checking that ``required`` columns exist.
 

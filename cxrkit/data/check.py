@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cxrkit.data.errors import BadImageError, BadImagesError
-from cxrkit.data.readers import dicom_to_array, pil_to_grey, read_dicom_dataset, sniff_format
+from cxrkit.data.errors import BadImageError, BadImagesError, decoding
+from cxrkit.data.readers import FORMAT_NAMES, dicom_to_array, pil_to_grey, read_dicom_dataset, sniff_format
 
 __all__ = ["BadImageError", "CheckResult", "check_image", "check_images"]
 
@@ -127,16 +127,8 @@ def check_image(path: str | os.PathLike) -> None:
     """
     path = str(path)
     kind = sniff_format(path)
-    try:
+    with decoding(path, f"corrupt or truncated {FORMAT_NAMES[kind]} file"):
         _CHECKS[kind](path)
-    except BadImageError:
-        raise
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any decoder error is a bad file
-        detail = str(exc).strip() or type(exc).__name__
-        what = {"pil": "image", "dicom": "DICOM", "nifti": "NIfTI"}[kind]
-        raise BadImageError(path, f"corrupt or truncated {what} file: {detail}") from None
 
 
 def _reason(path: str) -> str | None:

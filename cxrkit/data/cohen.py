@@ -28,6 +28,7 @@ from cxrkit.data.adapter import (
     FileIndex,
     as_bool,
     as_list,
+    given_csv,
     make_item,
     natural_key,
     read_csv_rows,
@@ -115,14 +116,9 @@ def merged_patients(rows: Iterable[dict[str, str]]) -> dict[str, str]:
 
 def find_metadata_csv(root: Path, csv: str | None) -> Path:
     """``metadata.csv`` in ``root`` (or ``csv`` if given, or one folder below)."""
-    if root.is_file():
-        return root
-    if csv:
-        path = Path(csv).expanduser()
-        path = path if path.is_absolute() else root / path
-        if not path.is_file():
-            raise DatasetError(f"cohen: the metadata CSV {path} does not exist")
-        return path
+    given = given_csv(root, csv, "cohen: the metadata CSV")
+    if given is not None:
+        return given
     for pattern in ("metadata.csv", "*/metadata.csv"):
         hits = sorted(root.glob(pattern))
         if hits:

@@ -7,9 +7,10 @@ adapters and the checks can raise them without importing one another.
 
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
-__all__ = ["DatasetError", "BadImageError", "BadImagesError", "find_bad_image_error"]
+__all__ = ["DatasetError", "BadImageError", "BadImagesError", "find_bad_image_error", "decoding"]
 
 
 class DatasetError(ValueError):
@@ -86,3 +87,24 @@ def find_bad_image_error(exc: BaseException | None) -> BadImageError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+@contextmanager
+def decoding(path: object, what: str) -> Iterator[None]:
+    """Turn any decoder failure inside the block into one :class:`BadImageError` for ``path``.
+
+    Args:
+        path: the file being decoded.
+        what: the start of the reason, e.g. ``"corrupt or truncated DICOM file"``; the
+            decoder's own message follows after a colon.
+
+    Raises:
+        BadImageError: the block raised; ``BadImageError`` and ``MemoryError`` pass unchanged.
+    """
+    try:
+        yield
+    except (BadImageError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - every decoder error becomes one clear message
+        detail = str(exc).strip() or type(exc).__name__
+        raise BadImageError(path, f"{what}: {detail}") from exc

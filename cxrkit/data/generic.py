@@ -13,6 +13,7 @@ from cxrkit.data.adapter import (
     DatasetSpec,
     as_bool,
     as_list,
+    given_csv,
     is_image_name,
     make_item,
     natural_key,
@@ -119,14 +120,9 @@ class CsvDataset(DatasetAdapter):
     }
 
     def _find_csv(self, root: Path, csv: str | None) -> Path:
-        if root.is_file():
-            return root
-        if csv:
-            path = Path(csv).expanduser()
-            path = path if path.is_absolute() else root / path
-            if not path.is_file():
-                raise DatasetError(f"csv: {path} does not exist")
-            return path
+        given = given_csv(root, csv, "csv:")
+        if given is not None:
+            return given
         found = sorted(root.glob("*.csv"))
         if len(found) != 1:
             listing = ", ".join(p.name for p in found) or "none"

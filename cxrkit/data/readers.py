@@ -38,7 +38,7 @@ from PIL import Image, ImageOps
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from cxrkit.data.errors import BadImageError
+from cxrkit.data.errors import BadImageError, decoding
 
 try:  # pydicom >= 3
     from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
@@ -282,7 +282,7 @@ def sniff_format_quiet(path: str | os.PathLike) -> str | None:
         return None
 
 
-_KIND_NAMES = {"pil": "image", "dicom": "DICOM", "nifti": "NIfTI"}
+FORMAT_NAMES = {"pil": "image", "dicom": "DICOM", "nifti": "NIfTI"}
 
 
 def read_radiograph(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
@@ -293,7 +293,7 @@ def read_radiograph(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     """
     path = str(path)
     kind = sniff_format(path)
-    try:
+    with decoding(path, f"cannot decode this {FORMAT_NAMES[kind]} file"):
         if kind == "pil":
             data, meta = _pil_array(path)
         elif kind == "dicom":
@@ -301,13 +301,6 @@ def read_radiograph(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
             data, meta = reader.get_data(reader.read(path))
         else:
             data, meta = _nifti_array(path)
-    except BadImageError:
-        raise
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every decoder error becomes one clear message
-        detail = str(exc).strip() or type(exc).__name__
-        raise BadImageError(path, f"cannot decode this {_KIND_NAMES[kind]} file: {detail}") from exc
     if min(data.shape) < 2:
         raise BadImageError(path, f"image of size {data.shape} is too small")
     meta.update({"spatial_shape": np.asarray(data.shape), "original_channel_dim": "no_channel"})
