@@ -65,7 +65,9 @@ class OutputPairs:
             pred = _stack([item[self.pred_key] for item in output])
             label = _stack([item[self.label_key] for item in output])
         pred = torch.as_tensor(pred).detach().float()
-        label = torch.as_tensor(label).detach().long().reshape(-1)
+        # MONAI's decollate turns 0-d label tensors into Python numbers, which land on the CPU: labels
+        # follow the predictions' device so metrics and losses meet on one device (GPU evaluators)
+        label = torch.as_tensor(label, device=pred.device).detach().long().reshape(-1)
         if self.softmax:
             pred = torch.softmax(pred, dim=1)
         return pred, label
