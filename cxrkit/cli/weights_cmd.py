@@ -49,20 +49,24 @@ def _weight_errors() -> Iterator[None]:
     from cxrkit.registry import PluginLoadWarning, RegistryError
     from cxrkit.weights import TrustedLoadWarning, WeightError, WeightHashWarning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            yield
-        except RegistryError as exc:
-            raise CLIError(str(exc), code=2) from exc
-        except WeightError as exc:
-            raise CLIError(str(exc)) from exc
-        finally:
-            for w in caught:
-                if issubclass(w.category, (TrustedLoadWarning, WeightHashWarning, PluginLoadWarning)):
-                    print(f"warning: {w.message}", file=sys.stderr)
-                else:
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as recorded:
+            warnings.simplefilter("always")
+            try:
+                yield
+            except RegistryError as exc:
+                raise CLIError(str(exc), code=2) from exc
+            except WeightError as exc:
+                raise CLIError(str(exc)) from exc
+            finally:
+                caught = list(recorded)
+    finally:  # shown after recording stopped: showwarning while recording appends to the list it walks
+        for w in caught:
+            if issubclass(w.category, (TrustedLoadWarning, WeightHashWarning, PluginLoadWarning)):
+                print(f"warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -151,6 +151,31 @@ class EpochSeeding:
         set_rnd(self.loader.dataset, epoch_seed(self.seed, epoch, 2) % (2**32))
 
 
+def open_resume_checkpoint(path: Path) -> Mapping[str, Any]:
+    """Open ``checkpoint_last.pt`` with cxrkit's safe opener (static pickle scan, then ``weights_only=True``).
+
+    Raises:
+        ValueError: the file is damaged, or would run code when unpickled (then it was not written
+            by a cxrkit training run: its checkpoints hold only tensors, numbers and strings).
+    """
+    from cxrkit.weights.checkpoint import open_checkpoint
+    from cxrkit.weights.errors import UnsafeCheckpointError, WeightError
+
+    try:
+        checkpoint = open_checkpoint(path)
+    except UnsafeCheckpointError as exc:
+        raise ValueError(
+            f"cannot resume: {path} would run code when opened (it references "
+            f"{', '.join(exc.globals) or 'unknown objects'}); cxrkit's run checkpoints hold only tensors and "
+            "numbers, so this file was not written by cxrkit. Start the run again without --resume."
+        ) from None
+    except WeightError as exc:
+        raise ValueError(f"cannot resume: {exc}") from exc
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"cannot resume: {path} holds a {type(checkpoint).__name__}, not a run checkpoint")
+    return checkpoint
+
+
 class AtomicDiskSaver(DiskSaver):
     """Ignite ``DiskSaver`` that writes atomically and never deletes a fixed-name file before replacing it.
 
@@ -243,7 +268,7 @@ class RunCheckpoint:
                 f"cannot resume: {self.path} does not exist (the run ended before its first epoch finished); "
                 "start the run again without --resume"
             )
-        checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
+        checkpoint = open_resume_checkpoint(self.path)
         missing = sorted(set(to_load) - set(checkpoint))
         if missing:
             raise KeyError(f"{self.path} lacks {', '.join(missing)}; it was not written by this kind of run")

@@ -200,15 +200,19 @@ def _device(device: str) -> torch.device:
 
 
 def _state_dict(path: Path, trust: bool) -> Mapping[str, torch.Tensor]:
+    from cxrkit.weights.checkpoint import open_checkpoint
+    from cxrkit.weights.errors import UnsafeCheckpointError, WeightError
+
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=not trust)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors have many types
-        if not trust and "weights_only" in str(exc):
-            raise ModelLoadError(
-                f"{path}: the file needs full unpickling, which can run code; cxrkit opens models with "
-                "weights_only=True. Only if you trust its origin, pass --trust (trust=True)"
-            ) from exc
-        raise ModelLoadError(f"{path}: cannot read the model file: {exc}") from exc
+        obj = open_checkpoint(path, trust=trust)  # static scan first: a hostile file is refused at once
+    except UnsafeCheckpointError as exc:
+        raise ModelLoadError(
+            f"{path}: the file needs full unpickling, which can run code (it references "
+            f"{', '.join(exc.globals) or 'unknown objects'}); cxrkit opens models with weights_only=True. "
+            "Only if you trust its origin, pass --trust (trust=True)"
+        ) from exc
+    except WeightError as exc:
+        raise ModelLoadError(f"cannot read the model file: {exc}") from exc
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]  # a MONAI CheckpointSaver / training checkpoint
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -12,15 +12,19 @@ Numpy scalars and dtypes (training scripts often store ``best_acc`` or
 ``lossMIN`` as ``numpy.float64``) are allowed: rebuilding them runs no code from
 the file. Numpy arrays and everything else still need trust.
 
-Before unpickling anything the file's format is sniffed, so a truncated
-download, an HTML error page or random bytes give a
+Before unpickling anything the file's format is sniffed and its pickles are read
+statically (:mod:`cxrkit.weights.picklescan`, bounded in time and memory): a
+truncated download, an HTML error page or random bytes give a
 :class:`~cxrkit.weights.errors.CorruptCheckpointError`, never a suggestion to
-trust the file.
+trust the file, and a file that would import anything outside the allow-list of
+``weights_only=True`` (a plain ``pickle.dump`` of an ``os.system`` call, say) is
+refused before any unpickler reads it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import pickle
@@ -28,10 +32,12 @@ import re
 import struct
 import warnings
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, BinaryIO, Iterable
 
 from cxrkit.weights.errors import CorruptCheckpointError, TrustedLoadWarning, UnsafeCheckpointError
+from cxrkit.weights.picklescan import PickleScan, PickleScanError, scan_pickle
 
 __all__ = ["file_digests", "open_checkpoint", "checkpoint_format"]
 
@@ -66,43 +72,6 @@ def file_digests(path: str | os.PathLike[str], algorithms: Iterable[str] = ("sha
     return {name: hasher.hexdigest() for name, hasher in hashers.items()}
 
 
-def checkpoint_format(path: str | os.PathLike[str]) -> str:
-    """``"zip"`` (torch >= 1.6) or ``"legacy"`` (older torch.save) for a checkpoint file.
-
-    Raises:
-        CorruptCheckpointError: empty, truncated, or not a PyTorch checkpoint at all.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(16)
-    if size == 0:
-        raise CorruptCheckpointError(f"{path}: the file is empty (0 bytes); download it again.")
-    if head.startswith(b"PK\x03\x04"):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise CorruptCheckpointError(
-                f"{path}: a zip-format PyTorch checkpoint whose end is missing or damaged ({exc}); "
-                f"the file ({size} bytes) is probably truncated. Download it again and compare its hash."
-            ) from exc
-        if not any(n.endswith("data.pkl") for n in names):
-            raise CorruptCheckpointError(f"{path}: a zip archive, but not a PyTorch checkpoint (no data.pkl inside).")
-        return "zip"
-    if head[:1] == b"\x80":  # pickle protocol opcode: torch.save's legacy format
-        return "legacy"
-    hint = ""
-    if head.lstrip()[:1] == b"<":
-        hint = " It starts like an HTML page: probably a failed or redirected download."
-    elif len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < size:
-        hint = " It looks like a safetensors file, which this loader does not read; convert it with torch.save."
-    raise CorruptCheckpointError(
-        f"{path}: not a PyTorch checkpoint (it starts with bytes {head[:8].hex()}).{hint} "
-        "Check that this is the right file and download it again."
-    )
-
-
 def _numpy_scalar_globals() -> list[Any]:
     """Numpy scalar and dtype constructors, under their numpy 2 and numpy 1 paths (data only, no code)."""
     try:
@@ -128,16 +97,6 @@ def _safe_globals() -> Any:
     return torch.serialization.safe_globals(_numpy_scalar_globals())
 
 
-def _unsafe_globals_zip(path: Path) -> list[str]:
-    import torch
-
-    try:
-        with _safe_globals():
-            return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception as exc:  # noqa: BLE001 - any failure here means a damaged archive
-        raise CorruptCheckpointError(f"{path}: cannot read the checkpoint's pickle ({exc}); download it again.") from exc
-
-
 def _unsafe_error(path: Path, names: list[str]) -> UnsafeCheckpointError:
     listed = ", ".join(names) if names else "unknown objects"
     return UnsafeCheckpointError(
@@ -148,13 +107,172 @@ def _unsafe_error(path: Path, names: list[str]) -> UnsafeCheckpointError:
     )
 
 
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, the first pickle of a legacy file
+_LEGACY_PICKLES = 4  # after the magic number: protocol version, sys info, the object, the storage keys
+
+
+@dataclass
+class _Inspection:
+    """A checkpoint's format and the globals its pickles import, found without unpickling it."""
+
+    format: str  # "zip", "legacy" or "pickle"
+    unsafe: list[str]
+
+
+def _not_a_checkpoint(path: Path, head: bytes, size: int) -> CorruptCheckpointError:
+    hint = ""
+    if head.lstrip()[:1] == b"<":
+        hint = " It starts like an HTML page: probably a failed or redirected download."
+    elif len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < size:
+        hint = " It looks like a safetensors file, which this loader does not read; convert it with torch.save."
+    return CorruptCheckpointError(
+        f"{path}: not a PyTorch checkpoint (it starts with bytes {head[:8].hex()}).{hint} "
+        "Check that this is the right file and download it again."
+    )
+
+
+def _truncated(path: Path, size: int, exc: BaseException) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"{path}: the checkpoint's pickle is damaged ({exc}); the file ({size} bytes) is probably truncated or "
+        "not a checkpoint. Download it again and compare its hash."
+    )
+
+
+def _allowed_names() -> set[str]:
+    """Globals ``torch.load(weights_only=True)`` builds (torch's allow-list, user additions, numpy scalars)."""
+    from torch import _weights_only_unpickler as wo  # private, but what get_unsafe_globals_in_checkpoint uses
+
+    names = set(wo._get_allowed_globals()) | set(wo._get_user_allowed_globals())
+    return names | {name for _, name in _numpy_scalar_globals()}
+
+
+def _scan_zip(path: Path, size: int, allowed: set[str]) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = zf.infolist()
+            pickles = [m for m in members if m.filename.endswith("data.pkl")]
+            if not pickles:
+                raise CorruptCheckpointError(
+                    f"{path}: a zip archive, but not a PyTorch checkpoint (no data.pkl inside).")
+            packed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED]
+            if packed:  # torch.save never compresses; a compressed member could expand without bound
+                raise CorruptCheckpointError(
+                    f"{path}: a zip archive with compressed members ({packed[0]}), which torch.save never "
+                    "writes; not a PyTorch checkpoint.")
+            with zf.open(pickles[0]) as fh:
+                return scan_pickle(fh, allowed.__contains__, size=pickles[0].file_size).unsafe
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CorruptCheckpointError(
+            f"{path}: a zip-format PyTorch checkpoint whose end is missing or damaged ({exc}); "
+            f"the file ({size} bytes) is probably truncated. Download it again and compare its hash."
+        ) from exc
+    except PickleScanError as exc:
+        raise _truncated(path, size, exc) from exc
+
+
+class _NoGlobals(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:  # pragma: no cover - the scan found no globals
+        raise pickle.UnpicklingError(f"global {module}.{name} refused")
+
+
+def _is_legacy_magic(fh: BinaryIO, scan: PickleScan) -> bool:
+    """Whether the first pickle (already scanned: no globals) is torch's legacy magic number."""
+    if scan.globals or scan.end - scan.start > 64:
+        return False
+    fh.seek(scan.start)
+    try:
+        return _NoGlobals(io.BytesIO(fh.read(scan.end - scan.start))).load() == _LEGACY_MAGIC
+    except Exception:  # noqa: BLE001 - any other first value means "not torch's legacy format"
+        return False
+    finally:
+        fh.seek(scan.end)
+
+
+def _scan_pickles(path: Path, size: int, allowed: set[str]) -> _Inspection:
+    """A legacy ``torch.save`` file (magic number, then four pickles) or a plain pickle."""
+    try:
+        with path.open("rb") as fh:
+            first = scan_pickle(fh, allowed.__contains__, size=size)
+            if not _is_legacy_magic(fh, first):
+                return _Inspection("pickle", first.unsafe)
+            unsafe: list[str] = []
+            for _ in range(_LEGACY_PICKLES):
+                unsafe += [n for n in scan_pickle(fh, allowed.__contains__, size=size).unsafe if n not in unsafe]
+            return _Inspection("legacy", unsafe)
+    except PickleScanError as exc:
+        raise _truncated(path, size, exc) from exc
+
+
+def _inspect(path: Path) -> _Inspection:
+    """Sniff the format and list the globals outside the allow-list, reading the pickles statically.
+
+    Raises:
+        CorruptCheckpointError: empty, truncated, or not a PyTorch checkpoint at all.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(16)
+    if size == 0:
+        raise CorruptCheckpointError(f"{path}: the file is empty (0 bytes); download it again.")
+    if head.startswith(b"PK\x03\x04"):
+        return _Inspection("zip", _scan_zip(path, size, _allowed_names()))
+    if head[:1] == b"\x80":  # pickle protocol 2+: torch.save's legacy format, or a plain pickle
+        return _scan_pickles(path, size, _allowed_names())
+    raise _not_a_checkpoint(path, head, size)
+
+
+def checkpoint_format(path: str | os.PathLike[str]) -> str:
+    """``"zip"`` (torch >= 1.6), ``"legacy"`` (older ``torch.save``) or ``"pickle"`` (plain ``pickle.dump``).
+
+    The file's pickles are read statically (bounded in time and memory), never unpickled.
+
+    Raises:
+        CorruptCheckpointError: empty, truncated, or not a PyTorch checkpoint at all.
+    """
+    return _inspect(Path(path)).format
+
+
+def _warn_trusted(path: Path, names: list[str]) -> None:
+    warnings.warn(
+        f"fully unpickling {path} because it was explicitly trusted; it references "
+        f"{', '.join(names or ['non-tensor objects'])}, which may run code.",
+        TrustedLoadWarning,
+        stacklevel=3,
+    )
+
+
+def _load_plain_pickle(path: Path, unsafe: list[str], trust: bool) -> Any:
+    """A plain ``pickle.dump`` file: refused, or fully unpickled when trusted."""
+    if not trust:
+        if unsafe:
+            raise _unsafe_error(path, unsafe)
+        raise CorruptCheckpointError(
+            f"{path}: a plain Python pickle, not a file written by torch.save; cxrkit opens it only with "
+            "trust=True (--trust), which can run code from it. Better: load it where it was made and re-save "
+            "the state dict with torch.save(state_dict, path)."
+        )
+    _warn_trusted(path, unsafe)
+    try:
+        with path.open("rb") as fh:
+            return pickle.load(fh)  # noqa: S301 - the user explicitly trusted this file
+    except Exception as exc:  # noqa: BLE001 - report any failure of the full unpickler as damage
+        raise CorruptCheckpointError(f"{path}: cannot load the trusted file ({type(exc).__name__}: {exc}).") from exc
+
+
 def open_checkpoint(path: str | os.PathLike[str], *, trust: bool = False) -> Any:
     """Load a checkpoint onto the CPU without executing code from it.
 
+    The file's pickles are first read statically (:mod:`cxrkit.weights.picklescan`): a
+    file that would import anything outside ``torch.load(weights_only=True)``'s
+    allow-list is refused before any unpickler touches it, whatever its format
+    (zip, legacy ``torch.save`` or a plain pickle), within seconds and a few
+    megabytes of memory.
+
     Args:
         path: the checkpoint file.
-        trust: allow full unpickling when the safe loader refuses the file
-            (a :class:`TrustedLoadWarning` is issued). Only for files from a
+        trust: allow full unpickling when the file needs it (a
+            :class:`TrustedLoadWarning` is issued). Only for files from a
             source the user trusts.
 
     Returns:
@@ -163,26 +281,26 @@ def open_checkpoint(path: str | os.PathLike[str], *, trust: bool = False) -> Any
     Raises:
         UnsafeCheckpointError: the file needs full unpickling and ``trust`` is False.
             Nothing from the file has been executed.
-        CorruptCheckpointError: truncated, empty, or not a checkpoint.
+        CorruptCheckpointError: truncated, empty, not a checkpoint, or a plain
+            pickle without ``trust``.
     """
     import torch
 
     path = Path(path)
-    needs_trust: list[str] = []
-    fmt = checkpoint_format(path)
-    logger.debug("opening %s (%s format, weights_only first)", path, fmt)
-    if fmt == "zip":
-        needs_trust = _unsafe_globals_zip(path)
-        if needs_trust and not trust:
-            raise _unsafe_error(path, needs_trust)
+    found = _inspect(path)
+    logger.debug("opening %s (%s format; %d globals outside the allow-list)", path, found.format, len(found.unsafe))
+    if found.format == "pickle":
+        return _load_plain_pickle(path, found.unsafe, trust)
+    needs_trust = list(found.unsafe)
+    if needs_trust and not trust:
+        raise _unsafe_error(path, needs_trust)
     try:
         if not needs_trust:
             with _safe_globals():
                 return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = _GLOBAL_IN_MESSAGE.findall(str(exc))
-        names = [n for n in found if _DOTTED_NAME.fullmatch(n)]  # "torch._utils." = garbage
-        if not names:
+        names = [n for n in _GLOBAL_IN_MESSAGE.findall(str(exc)) if _DOTTED_NAME.fullmatch(n)]
+        if not names:  # "torch._utils." = garbage
             raise CorruptCheckpointError(
                 f"{path}: the checkpoint's pickle is damaged ({_first_line(exc)}); the file is probably "
                 "truncated or not a checkpoint. Download it again and compare its hash."
@@ -195,16 +313,12 @@ def open_checkpoint(path: str | os.PathLike[str], *, trust: bool = False) -> Any
             f"{path}: cannot read the checkpoint ({type(exc).__name__}: {_first_line(exc)}); the file is "
             "probably truncated or damaged. Download it again and compare its hash."
         ) from exc
-    warnings.warn(
-        f"fully unpickling {path} because it was explicitly trusted; it references "
-        f"{', '.join(needs_trust or ['non-tensor objects'])}, which may run code.",
-        TrustedLoadWarning,
-        stacklevel=2,
-    )
+    _warn_trusted(path, needs_trust)
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - report any failure of the full unpickler as damage
         raise CorruptCheckpointError(f"{path}: cannot load the trusted file ({type(exc).__name__}: {exc}).") from exc
+
 
 
 def _first_line(exc: BaseException) -> str:
