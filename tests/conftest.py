@@ -59,3 +59,47 @@ def fake_dists(tmp_path):
     dists = FakeDistributions(tmp_path / "site")
     yield dists
     dists.close()
+
+
+# -- weight files and plugins ------------------------------------------------------------------------
+
+
+def resnet18_weight_file(path: Path, seed: int = 0) -> Path:
+    """A torchvision ResNet18 checkpoint (with its 1000-class ``fc``) under ``{"state_dict": ...}``, seeded."""
+    import torch
+    import torchvision.models as tvm
+
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": 1, "state_dict": tvm.resnet18(weights=None).state_dict()}, path)
+    return path
+
+
+@pytest.fixture
+def weight_plugin():
+    """Register ResNet18 weight plugins for one test: ``weight_plugin(name, **WeightSource fields)``."""
+    from cxrkit.registry import weights
+    from cxrkit.weights import WeightSource
+
+    names: list[str] = []
+
+    def register(name: str, **fields) -> "WeightSource":
+        fields = {"architecture": "resnet18", "filenames": ("r18.pth",), "origin": "https://example.org/r18.pth",
+                  "description": "test plugin", **fields}
+        source = WeightSource(name=name, **fields)
+        weights.register(name, source, origin="tests")
+        names.append(name)
+        return source
+
+    yield register
+    for name in names:
+        weights.unregister(name)
+
+
+@pytest.fixture
+def weight_store(tmp_path, monkeypatch):
+    """An empty weights folder, with HOME and TORCH_HOME away from the real ones."""
+    monkeypatch.setenv("CXRKIT_WEIGHTS_DIR", str(tmp_path / "store"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "store"

@@ -98,7 +98,7 @@ def test_check_errors_for_unknown_plugin_missing_file_and_random(store, capsys):
 def test_import_then_list_and_check_find_the_file(scratch, tiny, store, capsys):
     path = tiny_file(scratch, name="downloaded.bin")
     assert main(["weights", "list"]) == 0
-    assert table_row(capsys.readouterr().out, TINY) == [TINY, "resnet18", "r18.pth", "no", "-"]
+    assert table_row(capsys.readouterr().out, TINY) == [TINY, "resnet18", "r18.pth", "no", "-", "-"]
     assert main(["weights", "import", TINY, str(path)]) == 0
     out = capsys.readouterr().out
     dest = store / TINY / "r18.pth"
@@ -106,7 +106,8 @@ def test_import_then_list_and_check_find_the_file(scratch, tiny, store, capsys):
     assert main(["weights", "import", TINY, str(path)]) == 0
     assert "already installed" in capsys.readouterr().out
     assert main(["weights", "list"]) == 0
-    assert table_row(capsys.readouterr().out, TINY) == [TINY, "resnet18", "r18.pth", "yes", str(dest)]
+    assert table_row(capsys.readouterr().out, TINY) == [TINY, "resnet18", "r18.pth", "yes",
+                                                             "unverifiable (no published hash)", str(dest)]
     assert main(["weights", "check", TINY]) == 0
     assert f"file      {dest}" in capsys.readouterr().out
 

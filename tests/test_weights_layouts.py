@@ -301,7 +301,7 @@ def test_build_pretrained_backbone_finds_the_file_in_the_weights_dir(scratch, mo
     backbone, info = build_pretrained_backbone("inat_swav")
     assert info == {"plugin": "inat_swav", "architecture": "resnet50", "path": str(path.resolve()),
                     "sha256": sha256(path), "pretrained": True, "matched": 318, "hash_ok": None,
-                    "channels_adapted": None}
+                    "verification": "unverifiable", "channels_adapted": None}
     assert_same(backbone.state_dict(), reference("resnet50"), skip_nbt=False)
     with torch.no_grad():
         assert backbone.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 2048)

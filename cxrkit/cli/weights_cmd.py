@@ -35,6 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("file")
     imp.add_argument("--trust", action="store_true", help="allow full unpickling (can run code from the file)")
     imp.add_argument("--force", action="store_true", help="replace an installed file with different content")
+    imp.add_argument("--accept_sha256", "--accept-sha256", dest="accept_sha256", metavar="SHA256",
+                     help="install a file that does not match the origin's published hash, as UNVERIFIED weights: "
+                     "give the file's full sha256 (the refusal prints it)")
     imp.set_defaults(func=run_import)
 
 
@@ -69,6 +72,18 @@ def _weight_errors() -> Iterator[None]:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
+def _verification_cell(source, path) -> str:
+    """``verified`` / ``UNVERIFIED`` / ``unverifiable`` for a found file (hashes only when a hash is published)."""
+    from cxrkit.weights.checkpoint import file_digests
+    from cxrkit.weights.provenance import UNVERIFIED, check_hash, verification
+
+    published = source.published_hashes()
+    if not published:
+        return "unverifiable (no published hash)"
+    status = verification(check_hash(source, file_digests(path, published), path, warn=False))
+    return "UNVERIFIED (hash mismatch)" if status == UNVERIFIED else status
+
+
 def run_list(args: argparse.Namespace) -> int:
     from cxrkit.cli.table import format_table
     from cxrkit.registry import weights
@@ -79,19 +94,23 @@ def run_list(args: argparse.Namespace) -> int:
         try:
             source = get_source(name)
         except Exception as exc:  # noqa: BLE001 - a broken plugin is shown, not fatal
-            rows.append((name, "?", "?", "BROKEN", f"{type(exc).__name__}: {exc}"))
+            rows.append((name, "?", "?", "BROKEN", "-", f"{type(exc).__name__}: {exc}"))
             continue
         if not source.pretrained:
-            rows.append((name, source.architecture, "-", "n/a", "no pretraining"))
+            rows.append((name, source.architecture, "-", "n/a", "-", "no pretraining"))
             continue
         try:
-            found = str(find_weight_file(source))
-            rows.append((name, source.architecture, source.filenames[0], "yes", found))
+            found = find_weight_file(source)
+            rows.append((name, source.architecture, source.filenames[0], "yes", _verification_cell(source, found),
+                         str(found)))
         except WeightError:
-            rows.append((name, source.architecture, source.filenames[0], "no", "-"))
-    print(format_table(["plugin", "architecture", "expected file", "found", "where"], rows, max_width=1000))
+            rows.append((name, source.architecture, source.filenames[0], "no", "-", "-"))
+    print(format_table(["plugin", "architecture", "expected file", "found", "verified", "where"], rows,
+                       max_width=1000))
     print(f"\nweights folder: {weights_dir()} (set CXRKIT_WEIGHTS_DIR to change; "
-          "install a file with `cxrkit weights import PLUGIN FILE`)")
+          "install a file with `cxrkit weights import PLUGIN FILE`)\n"
+          "verified: the file matches the hash its origin publishes; UNVERIFIED: it does not (accepted with "
+          "--accept_sha256); unverifiable: the origin publishes no hash (docs/weights.md)")
     return 0
 
 
@@ -113,7 +132,9 @@ def _hash_status(loaded_hash_ok: bool | None, source) -> str:
     listed = "; ".join(f"{alg} {' or '.join(p)}" for alg, p in published.items())
     if loaded_hash_ok is None:
         return "none published by the origin (sha256 recorded above)"
-    return f"OK (matches published {listed})" if loaded_hash_ok else f"MISMATCH (published: {listed})"
+    if loaded_hash_ok:
+        return f"OK (matches published {listed}): verified"
+    return f"MISMATCH (published: {listed}): UNVERIFIED weights"
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -153,11 +174,19 @@ def run_import(args: argparse.Namespace) -> int:
     from cxrkit.weights import import_weight_file
 
     with _weight_errors():
-        result = import_weight_file(args.plugin, args.file, trust=args.trust, force=args.force)
+        result = import_weight_file(args.plugin, args.file, trust=args.trust, force=args.force,
+                                    accept_sha256=args.accept_sha256)
     loaded = result.loaded
     verb = "installed" if result.copied else "already installed"
     print(f"{verb}: {args.file} -> {result.destination}")
     print(f"verified {loaded.matched} backbone tensors for plugin '{loaded.plugin}'; sha256 {loaded.sha256}")
-    if loaded.hash_ok is not None:
-        print(f"published hash: {'OK' if loaded.hash_ok else 'MISMATCH (see warning)'}")
+    status = {
+        "verified": "verified (the file matches the hash its origin publishes)",
+        "unverifiable": "unverifiable (the origin publishes no hash; the sha256 above is recorded with every run)",
+        "unverified": "UNVERIFIED (accepted with --accept_sha256; runs and reports using it say so)",
+    }[result.verification]
+    print(f"published hash: {status}")
+    if result.shadowed_by is not None:
+        print(f"note: {result.shadowed_by} has an official name and is found first; runs use it, not this "
+              "unverified file, until it is removed")
     return 0

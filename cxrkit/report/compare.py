@@ -119,6 +119,8 @@ def check_splits(runs: Sequence[RunFolder]) -> list[str]:
 def group_runs(runs: Sequence[RunFolder]) -> list[tuple[str, list[RunFolder]]]:
     """Group runs into sources: one plugin with distinct folds is a k-fold group, otherwise one run each.
 
+    Runs whose weights were unverified form their own sources, labelled ``plugin (UNVERIFIED weights)``.
+
     Args:
         runs: the loaded run folders.
 
@@ -127,7 +129,7 @@ def group_runs(runs: Sequence[RunFolder]) -> list[tuple[str, list[RunFolder]]]:
     """
     by_plugin: dict[str, list[RunFolder]] = defaultdict(list)
     for run in runs:
-        by_plugin[run.plugin].append(run)
+        by_plugin[run.source_label].append(run)
     groups = []
     for plugin, members in by_plugin.items():
         folds = [r.fold for r in members]
@@ -223,7 +225,8 @@ def _runs_table(entries: Sequence[SourceEntry]) -> Table:
         for ev in e.folds:
             r = ev.run
             rows.append([e.label, f"`{r.name}`", "–" if r.fold is None else str(r.fold),
-                         f"`{r.sha256_short}`" if r.sha256_short else "not recorded",
+                         (f"`{r.sha256_short}`" if r.sha256_short else "not recorded")
+                         + (" UNVERIFIED" if r.weights_verification == "unverified" else ""),
                          f"{r.best_metric or '?'} @ {r.best_epoch}", str(len(r.epochs)), str(ev.metrics.n)])
     return Table(["Source", "Run folder", "Fold", "Weights sha256", "Best model", "Epochs", "Images"], rows)
 

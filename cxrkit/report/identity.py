@@ -99,6 +99,14 @@ def unfinished(run: RunFolder) -> str | None:
             "curves may not be final. Resume or re-run the training before relying on these numbers.")
 
 
+_VERIFICATION_TEXT = {
+    "verified": ", verified: matches the hash its origin publishes",
+    "unverified": ", **UNVERIFIED**: does not match the hash its origin publishes (accepted by the user); "
+                  "results may not be those of the published weights",
+    "unverifiable": ", unverifiable: its origin publishes no hash",
+}
+
+
 def weights_text(run: RunFolder) -> str:
     """How the network was initialised, e.g. ``chexpert.pth.tar (sha256 1a2b3c4d5e6f)``."""
     w = run.weights
@@ -107,7 +115,8 @@ def weights_text(run: RunFolder) -> str:
     if w.get("pretrained") is False:
         return "none: trained from random initialisation"
     name = PurePath(str(w["path"])).name if w.get("path") else "built-in"
-    return f"{name} (sha256 `{run.sha256_short}`)" if run.sha256_short else f"{name} (sha256 not recorded)"
+    text = f"{name} (sha256 `{run.sha256_short}`)" if run.sha256_short else f"{name} (sha256 not recorded)"
+    return text + _VERIFICATION_TEXT.get(run.weights_verification, "")
 
 
 def identity_table(run: RunFolder, positive: int | None) -> Table:
@@ -136,7 +145,7 @@ def identity_table(run: RunFolder, positive: int | None) -> Table:
         split_text += f", seed {split['seed']}"
     rows = [
         ["Run folder", f"`{run.name}`"],
-        ["Weight source (plugin)", run.plugin],
+        ["Weight source (plugin)", run.source_label],
         ["Architecture", str(run.weights.get("architecture") or "not recorded")],
         ["Pretrained weights", weights_text(run)],
         ["Dataset", run.dataset or "not recorded"],

@@ -113,7 +113,7 @@ def build_report(ev: RunEvaluation, out_dir: Path) -> Document:
     """
     run, m = ev.run, ev.metrics
     out_dir.mkdir(parents=True, exist_ok=True)
-    doc = Document(f"Run report: {run.plugin} ({run.name})")
+    doc = Document(f"Run report: {run.source_label} ({run.name})")
     doc.add(Paragraph(
         f"Validation results of the best model of run `{run.name}`: {m.n} images, {m.n_classes} classes. "
         "Every number below is computed from the run folder's `predictions.csv` and `metrics.json`."))

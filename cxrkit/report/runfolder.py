@@ -89,6 +89,25 @@ class RunFolder:
         return str(self.weights.get("plugin") or self.path.name)
 
     @property
+    def weights_verification(self) -> str | None:
+        """``"verified"``, ``"unverified"`` or ``"unverifiable"`` for the initial weight file, from
+        ``weights.json`` (runs before the field: from its ``hash_ok``); None without a recorded file."""
+        from cxrkit.weights.provenance import UNVERIFIABLE, UNVERIFIED, VERIFIED, verification
+
+        w = self.weights
+        if not w or w.get("pretrained") is False or not w.get("sha256"):
+            return None
+        value = w.get("verification")
+        if value in (VERIFIED, UNVERIFIED, UNVERIFIABLE):
+            return str(value)
+        return verification(w["hash_ok"]) if "hash_ok" in w else None
+
+    @property
+    def source_label(self) -> str:
+        """The plugin, marked ``(UNVERIFIED weights)`` when the weight file did not match its published hash."""
+        return self.plugin + (" (UNVERIFIED weights)" if self.weights_verification == "unverified" else "")
+
+    @property
     def sha256_short(self) -> str | None:
         """First 12 hex digits of the weight file's sha256, or None."""
         sha = self.weights.get("sha256")

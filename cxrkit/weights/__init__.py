@@ -3,8 +3,10 @@
 A weight plugin is a :class:`WeightSource` record registered in
 :data:`cxrkit.registry.weights` (built-ins in :mod:`cxrkit.weights.builtin`,
 third parties through the ``cxrkit.weights`` entry-point group). Loading finds
-the file locally (never downloads), opens it with ``weights_only=True``, applies
-the source's key filter and verifies every backbone tensor before loading.
+the file locally (never downloads), opens it with ``weights_only=True`` after a
+static scan of its pickles, applies the source's key filter and verifies every
+backbone tensor before loading. Each file is marked verified, unverified or
+unverifiable against its origin's published hash (:mod:`cxrkit.weights.provenance`).
 
 Example:
     >>> from cxrkit.weights import build_pretrained_backbone
@@ -24,6 +26,7 @@ from cxrkit.weights.errors import (
     CorruptCheckpointError,
     TrustedLoadWarning,
     UnsafeCheckpointError,
+    UnverifiedWeightError,
     WeightError,
     WeightFileNotFoundError,
     WeightHashWarning,
@@ -58,6 +61,7 @@ __all__ = [
     "WeightMismatchError",
     "UnsafeCheckpointError",
     "CorruptCheckpointError",
+    "UnverifiedWeightError",
     "WeightHashWarning",
     "TrustedLoadWarning",
 ]

@@ -39,7 +39,9 @@ def build_pretrained_backbone(
     Returns:
         ``(backbone, info)`` where ``info`` has ``plugin``, ``architecture``,
         ``path`` (str or None), ``sha256`` (or None), ``pretrained`` (bool), and,
-        when weights were loaded, ``matched``, ``hash_ok`` and ``channels_adapted``.
+        when weights were loaded, ``matched``, ``hash_ok``, ``verification`` (``"verified"``,
+        ``"unverified"`` or ``"unverifiable"``, see :mod:`cxrkit.weights.provenance`) and
+        ``channels_adapted``.
 
     Raises:
         cxrkit.registry.RegistryError: unknown plugin or architecture.
@@ -77,6 +79,7 @@ def build_pretrained_backbone(
         pretrained=True,
         matched=report.matched,
         hash_ok=report.hash_ok,
+        verification=report.verification,
         channels_adapted=report.channels_adapted,
     )
     return backbone, info

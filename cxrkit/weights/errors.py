@@ -12,6 +12,7 @@ __all__ = [
     "WeightMismatchError",
     "UnsafeCheckpointError",
     "CorruptCheckpointError",
+    "UnverifiedWeightError",
     "WeightHashWarning",
     "TrustedLoadWarning",
 ]
@@ -64,6 +65,18 @@ class UnsafeCheckpointError(WeightError):
 
 class CorruptCheckpointError(WeightError):
     """The file is truncated, empty, or not a PyTorch checkpoint at all."""
+
+
+class UnverifiedWeightError(WeightError):
+    """A file to import does not match the hash its origin publishes, and the user did not accept it.
+
+    Attributes:
+        sha256: the file's sha256 (what ``accept_sha256`` / ``--accept_sha256`` must name).
+    """
+
+    def __init__(self, message: str, sha256: str) -> None:
+        super().__init__(message)
+        self.sha256 = sha256
 
 
 class WeightHashWarning(UserWarning):

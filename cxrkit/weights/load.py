@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,11 @@ from cxrkit.weights.errors import (
     UnsafeCheckpointError,
     WeightError,
     WeightFileNotFoundError,
-    WeightHashWarning,
     WeightMismatchError,
 )
 from cxrkit.weights.hints import file_hints
 from cxrkit.weights.keyfilter import FilteredWeights, apply_key_filter
+from cxrkit.weights.provenance import check_hash, verification
 from cxrkit.weights.source import WeightSource, get_source
 from cxrkit.weights.store import find_weight_file
 from cxrkit.weights.verify import (
@@ -76,6 +75,8 @@ class LoadedWeights:
         dropped: file keys dropped by the key filter (heads, momentum encoder, ...).
         missing_optional: ``num_batches_tracked`` buffers the file lacks.
         channels_adapted: a note when the first convolution was adapted, else ``None``.
+        verification: ``"verified"``, ``"unverified"`` or ``"unverifiable"`` (see
+            :mod:`cxrkit.weights.provenance`), from ``hash_ok``.
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -88,6 +89,10 @@ class LoadedWeights:
     dropped: list[str] = field(default_factory=list)
     missing_optional: list[str] = field(default_factory=list)
     channels_adapted: str | None = None
+
+    @property
+    def verification(self) -> str:
+        return verification(self.hash_ok)
 
 
 @dataclass
@@ -104,6 +109,7 @@ class LoadReport:
         dropped: file keys dropped by the key filter.
         missing_optional: ``num_batches_tracked`` buffers the file lacks (kept from the model).
         digests: every digest computed.
+        verification: ``"verified"``, ``"unverified"`` or ``"unverifiable"``, from ``hash_ok``.
     """
 
     plugin: str
@@ -116,6 +122,10 @@ class LoadReport:
     missing_optional: tuple[str, ...] = ()
     digests: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def verification(self) -> str:
+        return verification(self.hash_ok)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record for a run folder."""
         return {
@@ -124,34 +134,12 @@ class LoadReport:
             "sha256": self.sha256,
             "matched": self.matched,
             "hash_ok": self.hash_ok,
+            "verification": self.verification,
             "channels_adapted": self.channels_adapted,
             "dropped": list(self.dropped),
             "missing_optional": list(self.missing_optional),
             "digests": dict(self.digests),
         }
-
-
-def check_hash(source: WeightSource, digests: dict[str, str], path: PathLike) -> bool | None:
-    """Compare a file's digests with the origin's published ones.
-
-    Returns:
-        ``None`` when the origin publishes no hash, else whether a published prefix matches.
-        A mismatch issues a :class:`WeightHashWarning` (not an error: files get re-saved).
-    """
-    published = source.published_hashes()
-    if not published:
-        return None
-    if any(digests.get(alg, "").startswith(p) for alg, prefixes in published.items() for p in prefixes):
-        return True
-    expected = "; ".join(f"{alg} starting {' or '.join(p)}" for alg, p in published.items())
-    got = "; ".join(f"{alg} {digests[alg]}" for alg in published if alg in digests)
-    warnings.warn(
-        f"{path}: hash mismatch for plugin '{source.name}': {source.origin} publishes {expected}, the file has "
-        f"{got}. The file may be damaged, re-saved or a different release; check where it came from.",
-        WeightHashWarning,
-        stacklevel=3,
-    )
-    return False
 
 
 @dataclass

@@ -11,6 +11,11 @@ Search order for a source's file (nothing is ever downloaded):
 In each folder the file is looked for under a sub-folder named after the plugin
 (where ``cxrkit weights import`` puts it, so generic names such as CheXNet's
 ``model.pth.tar`` cannot collide) and then directly in the folder.
+
+Only when no folder holds a file under an official name is an accepted
+unverified file (``<plugin>/unverified-<name>``, installed by ``cxrkit weights
+import --accept_sha256``) used; loading it marks the run "unverified" (see
+:mod:`cxrkit.weights.provenance`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import os
 from pathlib import Path
 
 from cxrkit.weights.errors import WeightError, WeightFileNotFoundError
+from cxrkit.weights.provenance import UNVERIFIED_PREFIX
 from cxrkit.weights.source import WeightSource
 
 __all__ = ["WEIGHTS_DIR_ENV", "weights_dir", "search_dirs", "find_weight_file", "installed_path"]
@@ -68,6 +74,11 @@ def _candidates(source: WeightSource, folder: Path, hub: bool = False) -> list[P
     return [place / f for place in _places(source, folder, hub) for f in source.filenames]
 
 
+def _unverified(source: WeightSource, folder: Path) -> list[Path]:
+    """Accepted unverified files in the folder's plugin sub-folder (where ``import`` puts them)."""
+    return [folder / source.name / (UNVERIFIED_PREFIX + f) for f in source.filenames]
+
+
 def _not_found(source: WeightSource, looked: list[Path], reason: str) -> WeightFileNotFoundError:
     names = ", ".join(source.filenames)
     places = "\n".join(f"  {p}" for p in looked)
@@ -102,7 +113,7 @@ def find_weight_file(source: WeightSource, path: str | os.PathLike[str] | None =
         if explicit.is_file():
             return explicit.resolve()
         if explicit.is_dir():
-            looked = _candidates(source, explicit)
+            looked = _candidates(source, explicit) + _unverified(source, explicit)
             for candidate in looked:
                 if candidate.is_file():
                     return candidate.resolve()
@@ -113,6 +124,10 @@ def find_weight_file(source: WeightSource, path: str | os.PathLike[str] | None =
     hub = _torch_hub_checkpoints() if source.search_torch_hub else None
     for folder in folders:
         for candidate in _candidates(source, folder, folder == hub):
+            if candidate.is_file():
+                return candidate.resolve()
+    for folder in folders:  # an official file anywhere wins over an accepted unverified one
+        for candidate in _unverified(source, folder) if folder != hub else ():
             if candidate.is_file():
                 return candidate.resolve()
     looked = [p for folder in folders for p in _places(source, folder, folder == hub)]
