@@ -32,7 +32,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "A token for a MONAI Label server with authentication comes from --token or $CXRKIT_LABEL_TOKEN.",
     )
     _options(p)
-    p.add_argument("--host", default="127.0.0.1", help="interface the page binds to (default 127.0.0.1: local only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface the page binds to (default 127.0.0.1: local only; another needs --allow_remote)")
+    p.add_argument("--allow_remote", "--allow-remote", dest="allow_remote", action="store_true",
+                   help="allow a --host other computers can reach (the page then requires its token)")
+    p.add_argument("--page_token", "--page-token", dest="page_token", default=None,
+                   help="token the page itself requires (default $CXRKIT_REVIEW_TOKEN; with --allow_remote and "
+                   "none given, a random one is made and printed in the page's URL)")
     p.add_argument("--port", type=int, default=8100, help="port of the page (default 8100; 0 = any free port)")
     p.add_argument("--model", help="classification infer task (default: the server's first classification model)")
     p.add_argument("--reviewer", help="name saved with each review (default $USER)")
@@ -87,22 +93,39 @@ def _export(client, args: argparse.Namespace) -> int:
 
 
 def _serve(client, args: argparse.Namespace) -> int:
+    import os
+    import secrets
+
     from cxrkit.cli import CLIError
     from cxrkit.review.app import ReviewApp
     from cxrkit.review.server import ReviewServer
+    from cxrkit.serve.guard import is_loopback
 
+    local = is_loopback(args.host)
+    if not local and not args.allow_remote:
+        raise CLIError(
+            f"--host {args.host} would let other computers open the review page: every study's radiograph, the "
+            f"model's predictions and Grad-CAM maps, and saving reviews into {client.url} as reviewer "
+            f"{args.reviewer or '$USER'}. Pass --allow_remote to do that (the page then requires a token, printed "
+            "with its URL; traffic is plain HTTP, so use a trusted network or an HTTPS proxy: docs/review.md), or "
+            "leave --host at 127.0.0.1.", code=2)
+    token = args.page_token or os.environ.get("CXRKIT_REVIEW_TOKEN") or None
+    if not local and token is None:
+        token = secrets.token_urlsafe(24)
     app = ReviewApp(client, model=args.model, reviewer=args.reviewer, run_dir=args.run, page_size=args.page_size)
     app.studies()  # fail now, with a clear message, if the MONAI Label server is unusable
     _ = app.model
     try:
-        server = ReviewServer(app, host=args.host, port=args.port)
+        server = ReviewServer(app, host=args.host, port=args.port, token=token)
     except OSError as exc:
         raise CLIError(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); pick another --port") from None
     if server.local:
         print(f"review page: {server.url} (local only: bound to {args.host}; not reachable from other computers)")
     else:
-        print(f"review page: {server.url} (bound to {args.host}: reachable from the network, without a login; "
-              "see docs/review.md for a safe remote setup)")
+        print(f"review page: {server.url} (bound to {args.host} with --allow_remote: other computers that reach "
+              "this one can open it with this URL, which carries the page token; without the token they get 401)")
+        print(f"exposed to them: every study's radiograph, the predictions and Grad-CAM maps of {app.model}, and "
+              f"saving reviews as {app.reviewer}; traffic is plain HTTP (docs/review.md#security)")
     print(f"MONAI Label: {client.url}, model {app.model}, reviewer {app.reviewer}. Ctrl+C to stop.", flush=True)
     try:
         server.serve_forever()

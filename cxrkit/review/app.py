@@ -165,7 +165,8 @@ class ReviewApp:
         """The study rendered as a grey PNG (DICOM and NIfTI read with cxrkit's readers)."""
         png = self._images.get(("png", study.id))
         if png is None:
-            png = self._images.put(("png", study.id), render_png(read_image_bytes(self.image_file(study), study.ext)))
+            image = read_image_bytes(self.image_file(study), study.ext, name=study.name or study.id)
+            png = self._images.put(("png", study.id), render_png(image))
         return png
 
     def answer(self, study: Study) -> Answer:

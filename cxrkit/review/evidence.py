@@ -121,21 +121,29 @@ def parse_infer(answer: Mapping[str, Any], model: str = "model", cam_png: bytes 
     return Answer(classes=classes, probabilities=probs, cam=cam)
 
 
-def read_image_bytes(data: bytes, suffix: str) -> np.ndarray:
+def read_image_bytes(data: bytes, suffix: str, name: str = "the study's image") -> np.ndarray:
     """Decode an image file's bytes with :func:`cxrkit.data.load_image` (``(rows, cols)`` in ``[0, 1]``).
+
+    Args:
+        data: the file's bytes.
+        suffix: its extension (``.png``, ``.dcm``...), which picks the reader.
+        name: how errors name the image (never the temporary file the bytes pass through).
 
     Raises:
         cxrkit.data.errors.BadImageError: the bytes are not a readable radiograph.
     """
+    from cxrkit.data.errors import BadImageError
     from cxrkit.data.readers import load_image
 
-    fd, name = tempfile.mkstemp(suffix=suffix or ".img", prefix="cxrkit-review-")
+    fd, tmp = tempfile.mkstemp(suffix=suffix or ".img", prefix="cxrkit-review-")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        return load_image(name)
+        return load_image(tmp)
+    except BadImageError as exc:
+        raise BadImageError(name, exc.reason.replace(tmp, name)) from None
     finally:
-        os.unlink(name)
+        os.unlink(tmp)
 
 
 def render_png(image: np.ndarray, max_side: int = 1024) -> bytes:

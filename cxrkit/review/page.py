@@ -85,7 +85,8 @@ _SCRIPT = """
 
 _LOCAL_NOTE = {
     True: "Local-only: this page is served on {addr} and can be opened from this computer only.",
-    False: "This page is served on {addr}: anyone who can reach that address can read and label these studies.",
+    False: "This page is served on {addr} to other computers: anyone who has its token (in the URL it was "
+           "opened with) can read and label these studies; keep that URL private.",
 }
 
 

@@ -1,0 +1,199 @@
+"""Who may talk to cxrkit's servers, and what their errors may show.
+
+Shared by the review page (:mod:`cxrkit.review.server`) and the MONAI Label
+server (:mod:`cxrkit.label.asgi`):
+
+* **Host names** (against DNS rebinding): a hostile web page can make a
+  reviewer's browser send requests to ``127.0.0.1`` under its own name
+  (``evil.example``); the browser then treats the answers as that page's own.
+  A server answers only requests whose ``Host`` header names it as it was
+  started: ``localhost``, ``127.0.0.1``, ``::1``, the ``--host`` value, and for
+  a wildcard bind (``0.0.0.0``) this computer's host name, fully qualified
+  name and addresses (:func:`allowed_host_names`).
+* **Origins** (against cross-site requests): a state-changing request whose
+  ``Origin`` (or ``Referer`` when there is no ``Origin``) is another site is
+  refused (:func:`same_origin`).
+* **Tokens**: a shared secret compared in constant time (:func:`token_matches`).
+* **Paths**: error messages sent to clients never carry this computer's file
+  paths (:func:`redact_paths`).
+* :class:`GuardMiddleware`: the host and token checks as ASGI middleware.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import secrets
+import socket
+from typing import Any, Awaitable, Callable, Iterable, Mapping
+from urllib.parse import urlsplit
+
+__all__ = [
+    "LOOPBACK_NAMES",
+    "GuardMiddleware",
+    "allowed_host_names",
+    "host_allowed",
+    "is_loopback",
+    "is_wildcard",
+    "redact_paths",
+    "same_origin",
+    "split_host",
+    "token_matches",
+]
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+# an absolute POSIX path (not the path part of a URL) or a Windows drive path
+_PATH = re.compile(r"(?<![\w:/.~-])(?:/[^\s'\"<>:;,()\[\]{}|]+)+|\b[A-Za-z]:\\[^\s'\"<>;,()]+")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only accepts connections from this computer."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether ``host`` binds every interface (``0.0.0.0``, ``::``, empty)."""
+    return host.strip("[]") in _WILDCARDS
+
+
+def _this_computer() -> set[str]:
+    names = {socket.gethostname(), socket.getfqdn()}
+    for name in list(names):
+        try:
+            names |= {info[4][0] for info in socket.getaddrinfo(name, None)}
+        except OSError:
+            pass
+    return names
+
+
+def allowed_host_names(bind_host: str, extra: Iterable[str] = ()) -> frozenset[str]:
+    """The host names a server bound to ``bind_host`` answers to (lower case, IPv6 without brackets).
+
+    Args:
+        bind_host: the ``--host`` value.
+        extra: more names (a reverse proxy's public name).
+    """
+    names = set(LOOPBACK_NAMES)
+    host = bind_host.strip("[]").lower()
+    if is_wildcard(host):
+        names |= {n.lower() for n in _this_computer()}
+    else:
+        names.add(host)
+    names |= {n.strip("[]").lower() for n in extra if n}
+    return frozenset(names)
+
+
+def split_host(header: str) -> tuple[str, int | None]:
+    """``("name", port)`` of a ``Host`` header (``[::1]:80``, ``name:80``, ``name``); port None when absent.
+
+    Raises:
+        ValueError: not a host name with an optional numeric port.
+    """
+    text = header.strip().lower()
+    port: str | None = None
+    if text.startswith("["):  # [v6] or [v6]:port
+        name, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(header)
+        port = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        name, port = text.split(":")
+    elif ":" in text:  # an IPv6 address needs brackets in a Host header
+        raise ValueError(header)
+    else:
+        name = text
+    if not name or (port is not None and not port.isdigit()):
+        raise ValueError(header)
+    return name, int(port) if port is not None else None
+
+
+def host_allowed(header: str | None, names: frozenset[str] | set[str], port: int | None = None) -> bool:
+    """Whether a ``Host`` header names an allowed host (and ``port``, when given; 80 may be left out)."""
+    if not header:
+        return False
+    try:
+        name, given = split_host(header)
+    except ValueError:
+        return False
+    if name not in names:
+        return False
+    return port is None or given == port or (given is None and port == 80)
+
+
+def same_origin(source: str | None, host_header: str | None) -> bool:
+    """Whether an ``Origin`` / ``Referer`` value names the server the request was sent to (``Host``)."""
+    if not source or not host_header:
+        return False
+    parts = urlsplit(source.strip())
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host_header.strip().lower()
+
+
+def token_matches(given: str | None, token: str) -> bool:
+    """Constant-time comparison of a presented token with the expected one."""
+    return bool(given) and secrets.compare_digest(str(given).encode(), token.encode())
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    scheme, _, value = (authorization or "").strip().partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def redact_paths(text: str) -> str:
+    """``text`` with absolute file paths replaced by ``<path>`` (URLs are kept)."""
+    return _PATH.sub("<path>", str(text))
+
+
+Scope = Mapping[str, Any]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+
+class GuardMiddleware:
+    """ASGI middleware: refuse unknown ``Host`` names (421) and requests without the bearer token (401).
+
+    Args:
+        app: the ASGI app to protect.
+        allowed_hosts: host names to answer (see :func:`allowed_host_names`); None: any.
+        token: the bearer token every request must carry (``Authorization: Bearer``); None: no token.
+            CORS preflight requests (``OPTIONS``) need none: browsers never send credentials with them.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], *, allowed_hosts: frozenset[str] | None = None,
+                 token: str | None = None) -> None:
+        self.app = app
+        self.allowed_hosts = allowed_hosts
+        self.token = token or None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if self.allowed_hosts is not None and not host_allowed(headers.get("host"), self.allowed_hosts):
+            return await self._refuse(scope, send, 421, "unknown host name: this server answers only the names "
+                                      "it was started for", {})
+        if (self.token and scope.get("method") != "OPTIONS"
+                and not token_matches(bearer(headers.get("authorization")), self.token)):
+            return await self._refuse(scope, send, 401, "missing or wrong bearer token (send 'Authorization: "
+                                      "Bearer TOKEN'; the review page: --token or $CXRKIT_LABEL_TOKEN)",
+                                      {"www-authenticate": "Bearer"})
+        return await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, send: Send, status: int, detail: str, extra: dict[str, str]) -> None:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        body = json.dumps({"detail": detail}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(k.encode(), v.encode()) for k, v in extra.items()]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
