@@ -93,3 +93,68 @@ def test_label_cli_dry_run_and_app(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(APP_DIR)
     assert main(["label", "serve", str(run), "--studies", str(tmp_path / "missing"), "--dry-run"]) == 1
     assert "--studies" in capsys.readouterr().err
+
+
+def test_serving_beyond_this_computer_needs_allow_remote_and_says_what_it_exposes(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CXRKIT_LABEL_TOKEN", raising=False)
+    run = _fake_run(tmp_path / "run")
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    base = ["label", "serve", str(run), "--studies", str(studies), "--app-dir", str(tmp_path / "work"), "--dry-run"]
+    assert main([*base, "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "--host 0.0.0.0 would let other computers reach" in err and "every radiograph" in err
+    assert "--allow_remote" in err and "--token" in err
+    assert main([*base, "--host", "0.0.0.0", "--allow-remote", "--token", "s3cret"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "export CXRKIT_LABEL_TOKEN='<your token>'" in out
+    hosts = next(line for line in out.splitlines() if line.startswith("export CXRKIT_LABEL_ALLOWED_HOSTS="))
+    assert "127.0.0.1" in hosts and "localhost" in hosts
+    cmd = shlex.split(out.strip().splitlines()[-1])
+    assert ("--uvicorn_app", "cxrkit.label.asgi:app") in list(zip(cmd, cmd[1:]))
+    assert ("--host", "0.0.0.0") in list(zip(cmd, cmd[1:]))
+    from cxrkit.label.server import ExposureError, exposure, serve
+
+    with pytest.raises(ExposureError):
+        serve([run], studies, host="192.0.2.1")
+    text = exposure("0.0.0.0", 8000, studies, ["run"], token=False)
+    assert "every computer that can reach this one" in text and "WITHOUT authentication" in text
+    assert "Bearer" in exposure("127.0.0.1", 8000, studies, ["run"], token=True)
+
+
+def test_guard_middleware_refuses_foreign_hosts_and_missing_tokens():
+    import asyncio
+
+    from cxrkit.serve.guard import GuardMiddleware, allowed_host_names
+
+    calls = []
+
+    async def inner(scope, receive, send):
+        calls.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard = GuardMiddleware(inner, allowed_hosts=allowed_host_names("127.0.0.1"), token="t0k")
+
+    def call(method="GET", **headers):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+
+        scope = {"type": "http", "method": method, "path": "/info/",
+                 "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+        asyncio.run(guard(scope, receive, send))
+        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+        return sent[0]["status"], body
+
+    assert call(Host="evil.example:8000", Authorization="Bearer t0k")[0] == 421
+    status, body = call(Host="127.0.0.1:8000")
+    assert status == 401 and b"bearer token" in body
+    assert call(Host="127.0.0.1:8000", Authorization="Bearer nope")[0] == 401
+    assert call(Host="localhost:8000", Authorization="Bearer t0k") == (200, b"ok")
+    assert call("OPTIONS", Host="127.0.0.1:8000")[0] == 200  # CORS preflights carry no credentials
+    assert calls == ["/info/", "/info/"]

@@ -33,6 +33,7 @@ from test_predict import tiny_run  # noqa: E402,F401 - session fixture (trained 
 
 STARTUP_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 30.0
+TOKEN = "label-test-token"  # the server is started with --token: every request below carries it
 
 
 def _free_port() -> int:
@@ -41,8 +42,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _request(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes, str]:
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+def _request(url: str, data: bytes | None = None, headers: dict | None = None,
+             token: str | None = TOKEN) -> tuple[int, bytes, str]:
+    headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
             return resp.status, resp.read(), resp.headers.get("content-type", "")
@@ -87,7 +90,7 @@ def server(tiny_run, studies, tmp_path_factory):  # noqa: F811 - the imported fi
     work = tmp_path_factory.mktemp("label_app")
     log = (work / "server.log").open("wb")
     cmd = [sys.executable, "-m", "cxrkit", "label", "serve", str(tiny_run), "--studies", str(studies),
-           "--port", str(port), "--host", "127.0.0.1", "--app-dir", str(work / "app")]
+           "--port", str(port), "--host", "127.0.0.1", "--app-dir", str(work / "app"), "--token", TOKEN]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MONAI_LABEL_SESSION_PATH": str(work / "sessions")}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -158,6 +161,7 @@ def test_label_server_classifies_like_cxrkit_predict(server, tiny_run, studies, 
     junk, headers = _multipart({"params": "{}"}, {"file": ("upload.png", np.random.default_rng(0).bytes(4096))})
     status, body, _ = _request(f"{base}/infer/{model}?output=json", data=junk, headers=headers)
     assert status == 422 and "cannot be read" in json.loads(body)["detail"]
+    assert "/tmp" not in json.loads(body)["detail"] and str(studies) not in json.loads(body)["detail"]
     status, _, _ = _infer(base, "no-such-model", files[0].name.split(".")[0])
     assert status == 404
     status, body, _ = _infer(base, model, files[0].name.split(".")[0])
@@ -177,3 +181,27 @@ def test_label_server_returns_grad_cam_as_label_image(server, tiny_run, studies)
     answer = json.loads(body)
     assert answer["cam"]["layer"] == "backbone.layer4" and answer["cam"]["shape"] == [1024, 1024]
     assert answer["cam"]["class"] == answer["predicted"]["label"]
+
+
+def test_label_server_needs_its_token_and_its_own_host_name(server, tiny_run, studies):  # noqa: F811
+    import http.client
+
+    base, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    status, body, _ = _request(f"{base}/info/", token=None)
+    assert status == 401 and "bearer token" in json.loads(body)["detail"]
+    assert _request(f"{base}/info/", token="wrong")[0] == 401
+    image = next(studies.glob("*.png")).name.split(".")[0]
+    status, body, _ = _infer(base, tiny_run.name, image)  # the right token (the default of _request)
+    assert status == 200
+    body, headers = _multipart({"params": "{}"}, {})
+    status, _, _ = _request(f"{base}/infer/{tiny_run.name}?image={image}", data=body, headers=headers, token=None)
+    assert status == 401
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
+    try:  # DNS rebinding: a foreign name for this server gets nothing, token or not
+        conn.request("GET", "/datastore/?output=all", headers={"Host": f"evil.example:{port}",
+                                                               "Authorization": f"Bearer {TOKEN}"})
+        resp = conn.getresponse()
+        assert resp.status == 421 and image.encode() not in resp.read()
+    finally:
+        conn.close()

@@ -30,7 +30,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="trained run folders to serve")
     s.add_argument("--studies", required=True, help="folder of radiographs, or a DICOMweb URL")
-    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1, this machine only)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default: 127.0.0.1, this machine only; another needs --allow_remote)")
+    s.add_argument("--allow_remote", "--allow-remote", dest="allow_remote", action="store_true",
+                   help="allow a --host other computers can reach (prints what that exposes; use --token)")
+    s.add_argument("--token", default=None,
+                   help="bearer token every request must carry (default $CXRKIT_LABEL_TOKEN; `cxrkit review` "
+                   "sends the same variable)")
     s.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     s.add_argument("--app-dir", "--app_dir", dest="app_dir", default=None, metavar="DIR",
                    help="working copy of the app (default: $CXRKIT_LABEL_APP_DIR or ~/.cache/cxrkit/label-app)")
@@ -50,25 +56,39 @@ def run_app(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from cxrkit.cli import CLIError
+    import os
     from pathlib import Path
 
+    from cxrkit.cli import CLIError
     from cxrkit.label import APP_DIR
-    from cxrkit.label.server import LabelServerError, default_app_dir, serve, server_command, server_env
+    from cxrkit.label.server import (
+        TOKEN_ENV,
+        ExposureError,
+        LabelServerError,
+        check_exposure,
+        default_app_dir,
+        exposure,
+        serve,
+        server_command,
+        server_env,
+    )
 
+    token = args.token or os.environ.get(TOKEN_ENV) or None
     try:
+        check_exposure(args.host, args.allow_remote)
         if args.dry_run:
             app = Path(args.app_dir).expanduser().resolve() if args.app_dir else default_app_dir()
             cmd = server_command(args.run_dirs, args.studies, app, host=args.host, port=args.port)
-            env = server_env(app, base={})
+            env = server_env(app, base={}, host=args.host, token=token)
             print(f"# `serve` first copies the app {APP_DIR} (main.py, lib/) to {app}")
             for key, value in env.items():
-                print(f"export {key}={shlex.quote(value)}")
+                shown = "'<your token>'" if key == TOKEN_ENV else shlex.quote(value)
+                print(f"export {key}={shown}")
             print(shlex.join(cmd))
             return 0
-        if args.host not in ("127.0.0.1", "localhost", "::1"):
-            print(f"warning: listening on {args.host}: other machines can reach this server; MONAI Label has "
-                  "no authentication unless you configure it")
-        return serve(args.run_dirs, args.studies, host=args.host, port=args.port, app_dir=args.app_dir)
+        print(exposure(args.host, args.port, args.studies, [Path(r).name for r in args.run_dirs], bool(token)),
+              flush=True)
+        return serve(args.run_dirs, args.studies, host=args.host, port=args.port, app_dir=args.app_dir,
+                     allow_remote=args.allow_remote, token=token)
     except LabelServerError as exc:
-        raise CLIError(str(exc)) from None
+        raise CLIError(str(exc), code=2 if isinstance(exc, ExposureError) else 1) from None

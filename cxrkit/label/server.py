@@ -6,6 +6,17 @@
 ``$CXRKIT_LABEL_APP_DIR`` or ``~/.cache/cxrkit/label-app``) and the server runs
 from there. :func:`server_command` and :func:`server_env` give the exact
 command and environment (``cxrkit label serve --dry-run`` prints them).
+
+The server runs MONAI Label's FastAPI app behind cxrkit's guard
+(:mod:`cxrkit.label.asgi`, passed as ``--uvicorn_app``): requests whose
+``Host`` header does not name this server are refused (DNS rebinding), and
+with a token (``token=`` / ``--token`` / ``$CXRKIT_LABEL_TOKEN``) every request
+needs ``Authorization: Bearer TOKEN``. Binding beyond loopback needs
+``allow_remote=True`` (``--allow_remote``); :func:`exposure` says what is then
+exposed. uvicorn closes idle keep-alive connections after 5 s (its default,
+which MONAI Label keeps) and answers 503 beyond ``limit_concurrency``
+connections; MONAI Label offers no request-read timeout, so a server reachable
+from a network belongs behind a reverse proxy that enforces one.
 """
 
 from __future__ import annotations
@@ -20,11 +31,19 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from cxrkit.label import APP_DIR
+from cxrkit.serve.guard import allowed_host_names, is_loopback
 
 __all__ = [
+    "ALLOWED_HOSTS_ENV",
+    "ASGI_APP",
     "DATASTORE_EXTENSIONS",
+    "ExposureError",
+    "LIMIT_CONCURRENCY",
     "LabelServerError",
+    "TOKEN_ENV",
+    "check_exposure",
     "default_app_dir",
+    "exposure",
     "monailabel_available",
     "prepare_app",
     "serve",
@@ -36,11 +55,23 @@ logger = logging.getLogger(__name__)
 
 #: files of a studies folder the server lists (MONAI_LABEL_DATASTORE_FILE_EXT).
 DATASTORE_EXTENSIONS = ("*.png", "*.jpg", "*.jpeg", "*.dcm", "*.nii.gz", "*.nii")
+#: the bearer token the server requires (also what ``cxrkit review`` sends).
+TOKEN_ENV = "CXRKIT_LABEL_TOKEN"
+#: comma-separated host names the server answers (set by :func:`server_env`).
+ALLOWED_HOSTS_ENV = "CXRKIT_LABEL_ALLOWED_HOSTS"
+#: the ASGI app uvicorn serves: MONAI Label's app behind cxrkit's guard.
+ASGI_APP = "cxrkit.label.asgi:app"
+#: connections and requests uvicorn serves at once before answering 503.
+LIMIT_CONCURRENCY = 128
 _APP_FILES = ("__init__.py", "main.py", "lib")
 
 
 class LabelServerError(RuntimeError):
     """The server cannot be started as asked; the message says why and what to do."""
+
+
+class ExposureError(LabelServerError):
+    """A host other computers can reach, without ``allow_remote``."""
 
 
 def monailabel_available() -> bool:
@@ -92,6 +123,7 @@ def server_command(
     models: Sequence[str] = (),
     python: str | None = None,
     extra_conf: Mapping[str, str] | None = None,
+    limit_concurrency: int | None = LIMIT_CONCURRENCY,
 ) -> list[str]:
     """The ``monailabel start_server`` command line serving ``bundles``.
 
@@ -104,6 +136,7 @@ def server_command(
         models: names of bundles under the app's ``model/`` folder (``--conf models``).
         python: the interpreter (default: this one, so the server sees the same packages).
         extra_conf: more ``--conf key value`` pairs.
+        limit_concurrency: connections and requests served at once; more get 503 (None: no limit).
 
     Returns:
         The argument list (``python -m monailabel.main start_server ...``).
@@ -133,7 +166,9 @@ def server_command(
         studies_arg = str(studies_path.resolve())
     cmd = [python or sys.executable, "-m", "monailabel.main", "start_server",
            "--app", str(app), "--studies", studies_arg, "--host", host, "--port", str(int(port)),
-           "--conf", "zoo_source", "github"]
+           "--uvicorn_app", ASGI_APP, "--conf", "zoo_source", "github"]
+    if limit_concurrency:
+        cmd += ["--limit_concurrency", str(int(limit_concurrency))]
     if paths:
         cmd += ["--conf", "bundles", ",".join(paths)]
     if models:
@@ -143,15 +178,51 @@ def server_command(
     return cmd
 
 
-def server_env(app: str | os.PathLike, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for the server: radiograph file types listed, sessions kept in the app folder.
+def server_env(app: str | os.PathLike, base: Mapping[str, str] | None = None, *, host: str = "127.0.0.1",
+               token: str | None = None) -> dict[str, str]:
+    """The environment for the server: radiograph file types listed, sessions kept in the app folder,
+    the host names to answer (:data:`ALLOWED_HOSTS_ENV`) and the token (:data:`TOKEN_ENV`).
 
-    Values already set in ``base`` (default ``os.environ``) win.
+    Values already set in ``base`` (default ``os.environ``) win, except the host names, which
+    follow ``host``, and the token, which ``token`` replaces when given.
     """
     env = dict(os.environ if base is None else base)
     env.setdefault("MONAI_LABEL_DATASTORE_FILE_EXT", json.dumps(list(DATASTORE_EXTENSIONS)))
     env.setdefault("MONAI_LABEL_SESSION_PATH", str(Path(app) / "sessions"))
+    env[ALLOWED_HOSTS_ENV] = ",".join(sorted(allowed_host_names(host)))
+    if token:
+        env[TOKEN_ENV] = token
     return env
+
+
+def check_exposure(host: str, allow_remote: bool) -> None:
+    """Refuse a non-loopback ``host`` unless ``allow_remote``.
+
+    Raises:
+        ExposureError: the message says what would be exposed and how to allow it.
+    """
+    if is_loopback(host) or allow_remote:
+        return
+    raise ExposureError(
+        f"--host {host} would let other computers reach this MONAI Label server: list and download every "
+        "radiograph of --studies, run the served models and read their predictions and Grad-CAM maps, and write "
+        "labels into the datastore. Pass --allow_remote (allow_remote=True) to do that, with --token TOKEN (or "
+        f"${TOKEN_ENV}) so that every request needs 'Authorization: Bearer TOKEN' (see docs/clinician-review.md, "
+        "'Security'); or leave --host at 127.0.0.1."
+    )
+
+
+def exposure(host: str, port: int, studies: str | os.PathLike, models: Sequence[str], token: bool) -> str:
+    """What a server bound to ``host`` exposes, in words (printed by ``cxrkit label serve``)."""
+    where = "this computer only" if is_loopback(host) else "every computer that can reach this one"
+    guard = ("every request needs 'Authorization: Bearer TOKEN'" if token else
+             "WITHOUT authentication (pass --token or set $" + TOKEN_ENV + ")")
+    text = (f"MONAI Label on {host}:{port}, reachable from {where}: the radiographs of {studies} (list, download), "
+            f"the models {', '.join(models) or '-'} (predictions, Grad-CAM) and writing labels into the "
+            f"datastore; {guard}.")
+    if not is_loopback(host):
+        text += " Traffic is plain HTTP: use a trusted network or an HTTPS reverse proxy."
+    return text
 
 
 def serve(
@@ -161,15 +232,30 @@ def serve(
     port: int = 8000,
     app_dir: str | os.PathLike | None = None,
     models: Sequence[str] = (),
+    *,
+    allow_remote: bool = False,
+    token: str | None = None,
 ) -> int:
     """Run the MONAI Label server in the foreground until it stops (Ctrl-C).
+
+    Args:
+        bundles: run folders to serve.
+        studies: a folder of radiographs, or a DICOMweb URL.
+        host: interface to listen on; anything but loopback needs ``allow_remote``.
+        port: TCP port.
+        app_dir: working copy of the app (default :func:`default_app_dir`).
+        models: names of bundles under the app's ``model/`` folder.
+        allow_remote: allow a ``host`` other computers can reach.
+        token: bearer token every request must carry (default ``$CXRKIT_LABEL_TOKEN``; None: none).
 
     Returns:
         The server's exit code.
 
     Raises:
-        LabelServerError: MONAI Label is not installed, or bad arguments.
+        LabelServerError: MONAI Label is not installed, a non-loopback host without
+            ``allow_remote``, or bad arguments.
     """
+    check_exposure(host, allow_remote)
     if not monailabel_available():
         raise LabelServerError(
             "MONAI Label is not installed in this environment; install the extra with "
@@ -177,7 +263,7 @@ def serve(
         )
     app = prepare_app(app_dir)
     cmd = server_command(bundles, studies, app, host=host, port=port, models=models)
-    env = server_env(app)
+    env = server_env(app, host=host, token=token)
     logger.info("starting: %s", " ".join(cmd))
     process = subprocess.Popen(cmd, env=env)
     try:

@@ -35,6 +35,7 @@ from monailabel.transform.pre import LoadImageTensord
 
 from cxrkit.data.errors import find_bad_image_error
 from cxrkit.serve.gradcam import CAMError, GradCAMExplainer, cam_to_image
+from cxrkit.serve.guard import redact_paths
 from cxrkit.serve.model import LoadedModel, class_names, load_model
 
 __all__ = ["CXRClassificationInfer", "ImageInputError", "ResolveImaged", "RecordShaped"]
@@ -170,7 +171,7 @@ class CXRClassificationInfer(BundleInferTask):
             if bad is None:
                 raise
             # the server's file name is a temporary or datastore path: report only the reason
-            raise ImageInputError(f"the image cannot be read: {bad.reason}") from exc
+            raise ImageInputError(f"the image cannot be read: {redact_paths(bad.reason)}") from exc
 
     # -- inference, and Grad-CAM when asked --------------------------------------------------------
     def run_inferer(self, data: Dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> Dict[str, Any]:
@@ -190,7 +191,8 @@ class CXRClassificationInfer(BundleInferTask):
                 try:
                     explainer = self._explainers[device] = GradCAMExplainer(loaded.network)
                 except CAMError as exc:
-                    raise ImageInputError(f"Grad-CAM is not available for this model: {exc}") from None
+                    reason = redact_paths(str(exc))
+                    raise ImageInputError(f"Grad-CAM is not available for this model: {reason}") from None
             cam = explainer(image[None].float(), [cls])[0]
             if self._preprocessing is None:
                 self._preprocessing = self.bundle_config.get_parsed_content("preprocessing", instantiate=True)
