@@ -17,7 +17,7 @@ from cxrkit.bench.__main__ import main as bench_main
 from cxrkit.bench.report import check_targets, markdown
 from cxrkit.bench.timing import StepTimer, best_round, summarize
 from cxrkit.engine.inference import OptimizeForInference, fold_batchnorm, optimize_for_inference
-from cxrkit.engine.workflow import amp_enabled, amp_kwargs, place_network
+from cxrkit.engine.hardware import amp_enabled, amp_kwargs, place_network
 from cxrkit.networks.classifier import CXRClassifier
 
 

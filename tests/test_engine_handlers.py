@@ -11,8 +11,9 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from cxrkit.engine.handlers import BestModelCheckpoint, ValidationEarlyStopping, metric_score
-from cxrkit.engine.record import atomic_write_json
+from cxrkit.engine.handlers import BestModelCheckpoint, ValidationEarlyStopping
+from cxrkit.engine.metrics import metric_score
+from cxrkit.atomic import atomic_write_json
 from cxrkit.engine.resume import EpochSeededSampler, RNGState
 from cxrkit.networks.classifier import CXRClassifier
 

@@ -16,7 +16,7 @@ import torch
 from conftest import REPO, shared_data
 from cxrkit.cli import main
 from cxrkit.engine import workflow
-from cxrkit.engine.record import RunDirError, RunPaths
+from cxrkit.runfolder import RunDirError, RunPaths
 
 pytestmark = pytest.mark.slow
 

@@ -121,7 +121,7 @@ def markdown(results: Mapping[str, Any]) -> str:
 
 def write_report(results: dict[str, Any], output: str | Path) -> tuple[Path, Path]:
     """Add the target checks to ``results`` and write ``benchmark.json`` and ``benchmark.md`` into ``output``."""
-    from cxrkit.engine.record import atomic_write_json, atomic_write_text
+    from cxrkit.atomic import atomic_write_json, atomic_write_text
 
     results["targets"] = check_targets(results)
     folder = Path(output)

@@ -98,7 +98,7 @@ def bundle_trainer(bundle: Path, dataset_dir: Path, output_dir: Path, *, image_s
     from monai.bundle.scripts import create_workflow
 
     from cxrkit.bench.timing import StepTimer
-    from cxrkit.engine.workflow import amp_kwargs
+    from cxrkit.engine.hardware import amp_kwargs
 
     overrides: dict[str, Any] = {
         "bundle_root": str(bundle), "dataset_dir": str(dataset_dir), "output_dir": str(output_dir),
@@ -194,7 +194,7 @@ def data_wait(run: BundleRun, *, steps: int, warmup: int, workers: int = 0) -> d
     one is a plain MONAI ``Dataset``, the cached one the bundle's ``cache: true``
     loader (``CacheDataset``). Each trains the run's network with the plain loop.
     """
-    from cxrkit.engine.workflow import make_dataset, make_loader
+    from cxrkit.engine.loaders import make_dataset, make_loader
 
     parser = run.workflow.parser
     data = parser.get_parsed_content("data")
@@ -217,7 +217,7 @@ def probe_vs_finetune(run: BundleRun, *, epochs: int = 3) -> dict[str, float]:
     them with Adam in mini-batches of the run's batch size. The fine-tuning epoch
     is the bundle trainer's measured median step times the number of batches.
     """
-    from cxrkit.engine.workflow import make_dataset, make_loader
+    from cxrkit.engine.loaders import make_dataset, make_loader
 
     parser = run.workflow.parser
     data = parser.get_parsed_content("data")

@@ -190,7 +190,7 @@ def render_metadata(params: BundleParams, runtime: bool = False) -> dict[str, An
         import numpy
         import torch
 
-        from cxrkit.engine.record import library_versions
+        from cxrkit.versions import library_versions
 
         installed = library_versions()
         versions = {"monai": monai.__version__, "torch": torch.__version__, "numpy": numpy.__version__}

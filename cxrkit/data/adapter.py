@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from cxrkit import options
 from cxrkit.data.errors import DatasetError
+from cxrkit.data.inputs import IMAGE_SUFFIXES, is_image_name
 
 __all__ = [
     "DatasetAdapter",
@@ -46,17 +48,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: file-name endings read as images (lower case).
-IMAGE_SUFFIXES: tuple[str, ...] = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz",
-)
 _JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
-
-
-def is_image_name(name: str) -> bool:
-    """Whether ``name`` ends like an image file cxrkit reads (case-insensitive)."""
-    low = name.lower()
-    return not low.startswith(".") and low.endswith(IMAGE_SUFFIXES)
 
 
 def is_junk_name(name: str) -> bool:
@@ -79,15 +71,15 @@ def as_list(value: str | Iterable[str] | None) -> list[str] | None:
 
 
 def as_bool(value: object, name: str) -> bool:
-    """Accept booleans and their usual spellings from the command line."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    raise DatasetError(f"option {name}={value!r} is not a boolean; use true or false")
+    """An adapter option's boolean (:func:`cxrkit.options.flag`).
+
+    Raises:
+        DatasetError: not a boolean spelling; the message names the option.
+    """
+    try:
+        return options.flag(value, name)
+    except ValueError:
+        raise DatasetError(f"option {name}={value!r} is not a boolean; use true or false") from None
 
 
 def make_item(

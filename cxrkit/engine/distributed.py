@@ -37,7 +37,10 @@ from typing import Any, Iterator, Mapping, Sized
 import torch
 from ignite.engine import Engine, Events
 
-from cxrkit.engine.resume import EpochSeededSampler, epoch_seed
+from cxrkit.engine.metrics import ROCAUC
+from cxrkit.engine.resume import EpochSeededSampler
+from cxrkit.engine.writers import PredictionsWriter
+from cxrkit.runfolder import RunDirError, RunPaths
 
 __all__ = [
     "launched_by_torchrun",
@@ -211,16 +214,14 @@ class ShardedEpochSampler(EpochSeededSampler):
         return iter(order[self.rank::self.num_replicas])
 
 
-def run_paths(output_dir: Any = None, plugin: str = "run", resume: Any = False) -> Any:
-    """:meth:`cxrkit.engine.record.RunPaths.create` on rank 0; the other ranks get the same folder.
+def run_paths(output_dir: Any = None, plugin: str = "run", resume: Any = False) -> RunPaths:
+    """:meth:`cxrkit.runfolder.RunPaths.create` on rank 0; the other ranks get the same folder.
 
     Rank 0 chooses (the default name carries a timestamp), checks and creates
     the folder; its path is broadcast, so every rank agrees and only rank 0
     touches the disk here.
     """
     import ignite.distributed as idist
-
-    from cxrkit.engine.record import RunDirError, RunPaths
 
     if world_size() <= 1:
         return RunPaths.create(output_dir, plugin, resume)
@@ -320,33 +321,23 @@ def all_gather_uneven(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([gathered[i, : int(n)] for i, n in enumerate(sizes)]).to(tensor.device)
 
 
-def _roc_auc_class() -> type:
-    from cxrkit.engine.metrics import ROCAUC
+class ShardedROCAUC(ROCAUC):
+    """:class:`cxrkit.engine.metrics.ROCAUC` over the whole validation set when its shards differ in size.
 
-    class ShardedROCAUC(ROCAUC):
-        """:class:`cxrkit.engine.metrics.ROCAUC` over the whole validation set when its shards differ in size.
+    Ignite's ``EpochMetric`` gathers equal-sized tensors only; this gathers
+    :func:`all_gather_uneven` and computes on every rank.
+    """
 
-        Ignite's ``EpochMetric`` gathers equal-sized tensors only; this gathers
-        :func:`all_gather_uneven` and computes on every rank.
-        """
-
-        def compute(self) -> float:
-            if not self._predictions:
-                raise RuntimeError("ROC AUC needs at least one validation batch on every process")
-            pred = all_gather_uneven(torch.cat(self._predictions, dim=0))
-            target = all_gather_uneven(torch.cat(self._targets, dim=0))
-            return self.compute_fn(pred, target)
-
-    return ShardedROCAUC
-
-
-ShardedROCAUC: type = _roc_auc_class()
+    def compute(self) -> float:
+        if not self._predictions:
+            raise RuntimeError("ROC AUC needs at least one validation batch on every process")
+        pred = all_gather_uneven(torch.cat(self._predictions, dim=0))
+        target = all_gather_uneven(torch.cat(self._targets, dim=0))
+        return self.compute_fn(pred, target)
 
 
 def shard_safe_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """``metrics`` with every ROC AUC made exact on unequal validation shards (:class:`ShardedROCAUC`)."""
-    from cxrkit.engine.metrics import ROCAUC
-
     out: dict[str, Any] = {}
     for name, metric in metrics.items():
         if isinstance(metric, ROCAUC) and not isinstance(metric, ShardedROCAUC):
@@ -355,23 +346,15 @@ def shard_safe_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _predictions_writer_class() -> type:
-    from cxrkit.engine.writers import PredictionsWriter
+class ShardedPredictionsWriter(PredictionsWriter):
+    """:class:`cxrkit.engine.writers.PredictionsWriter` that gathers every rank's rows; rank 0 writes."""
 
-    class ShardedPredictionsWriter(PredictionsWriter):
-        """:class:`cxrkit.engine.writers.PredictionsWriter` that gathers every rank's rows; rank 0 writes."""
+    def __call__(self, engine: Engine) -> None:
+        if world_size() > 1:
+            import ignite.distributed as idist
 
-        def __call__(self, engine: Engine) -> None:
-            if world_size() > 1:
-                import ignite.distributed as idist
-
-                rows = idist.all_gather(list(self._rows))
-                if not is_main():
-                    return
-                self._rows = [row for part in rows for row in part]
-            super().__call__(engine)
-
-    return ShardedPredictionsWriter
-
-
-ShardedPredictionsWriter: type = _predictions_writer_class()
+            rows = idist.all_gather(list(self._rows))
+            if not is_main():
+                return
+            self._rows = [row for part in rows for row in part]
+        super().__call__(engine)

@@ -11,7 +11,6 @@ Every stateful handler has ``state_dict``/``load_state_dict`` so
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -22,13 +21,13 @@ from ignite.handlers import Checkpoint
 from ignite.handlers import EarlyStopping as IgniteEarlyStopping
 from ignite.handlers import ProgressBar as IgniteProgressBar
 
-from cxrkit.engine.record import atomic_write_csv, atomic_write_json
+from cxrkit import options
+from cxrkit.atomic import atomic_write_csv, atomic_write_json
+from cxrkit.engine.distributed import is_main, rank, world_size
+from cxrkit.engine.metrics import metric_score, plain_value
 from cxrkit.engine.resume import AtomicDiskSaver
 
 __all__ = [
-    "metric_score",
-    "plain_value",
-    "lower_is_better",
     "BestModelCheckpoint",
     "MetricsRecorder",
     "TensorBoardImages",
@@ -38,37 +37,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def _is_main() -> bool:
-    import ignite.distributed as idist
-
-    return idist.get_rank() == 0
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether smaller values of ``metric`` are better (losses)."""
-    return "loss" in metric.rsplit("/", 1)[0]
-
-
-def metric_score(metric: str, value: Any) -> float:
-    """A "higher is better" score for ``metric``'s ``value``; NaN or missing scores ``-inf``."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return -math.inf
-    if math.isnan(number):
-        return -math.inf
-    return -number if lower_is_better(metric) else number
-
-
-def plain_value(value: Any) -> Any:
-    """A metric value as plain Python (float, int or nested lists) for JSON, CSV and TensorBoard."""
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return value
 
 
 class BestModelCheckpoint(Checkpoint):
@@ -203,7 +171,7 @@ class MetricsRecorder:
         row["lr"] = float(self.optimizer.param_groups[0]["lr"])
         row["time_s"] = round(time.time() - self._epoch_start, 3)
         self.rows = [r for r in self.rows if r["epoch"] < epoch] + [row]
-        if not _is_main():  # under torchrun, rank 0 writes the run folder (every rank keeps the rows)
+        if not is_main():  # under torchrun, rank 0 writes the run folder (every rank keeps the rows)
             return
         self.write()
         if self.writer is not None:
@@ -242,7 +210,7 @@ class MetricsRecorder:
 class TensorBoardImages:
     """Ignite handler (trainer): logs the first ``max_images`` input images of the run to TensorBoard.
 
-    Images are rescaled to [0, 1] per image for display (the network sees
+    Batches that are not images (a linear probe's feature vectors) are not logged. Images are rescaled to [0, 1] per image for display (the network sees
     normalised values). Written once, at the first iteration.
 
     Args:
@@ -266,6 +234,9 @@ class TensorBoardImages:
         batch = engine.state.batch
         images = torch.stack([torch.as_tensor(b["image"]) for b in batch]) if isinstance(batch, list) else batch["image"]
         images = torch.as_tensor(images).detach().float().cpu()[: self.max_images]
+        if images.ndim != 4:  # a linear probe trains on feature vectors: nothing to show
+            logger.info("no input images for TensorBoard: the batches hold %s-dimensional inputs", images.ndim - 1)
+            return
         flat = images.flatten(1)
         low, high = flat.min(1).values.view(-1, 1, 1, 1), flat.max(1).values.view(-1, 1, 1, 1)
         images = (images - low) / (high - low).clamp_min(1e-8)
@@ -300,9 +271,7 @@ class ValidationEarlyStopping:
 
     def __init__(self, evaluator: Engine, metric: str = "val_accuracy", patience: int | None = None,
                  min_delta: float = 0.0) -> None:
-        patience = None if patience in (None, "", "null", "none", False) else int(patience)
-        if patience is not None and patience < 0:
-            raise ValueError(f"early_stopping_patience must be >= 0, got {patience}")
+        patience = options.integer(patience, "early_stopping_patience", minimum=0, allow_none=True)
         self.evaluator = evaluator
         self.metric = str(metric)
         self.patience = patience or None
@@ -358,18 +327,14 @@ class SampleIdRecorder:
     """
 
     def __init__(self, folder: str | Path, enabled: Any = False, key: str = "index") -> None:
-        from cxrkit.engine.workflow import flag
-
         self.folder = Path(folder)
-        self.enabled = flag(enabled, "record_sample_ids")
+        self.enabled = options.flag(enabled, "record_sample_ids")
         self.key = key
         self.epochs: dict[str, list[int]] = {}
 
     @property
     def path(self) -> Path:
-        import ignite.distributed as idist
-
-        return self.folder / f"sample_ids_rank{idist.get_rank()}.json"
+        return self.folder / f"sample_ids_rank{rank()}.json"
 
     def attach(self, engine: Engine) -> None:
         if self.enabled:
@@ -387,7 +352,5 @@ class SampleIdRecorder:
         self.epochs.setdefault(str(engine.state.epoch), []).extend(ids)
 
     def write(self, engine: Engine) -> None:
-        import ignite.distributed as idist
-
-        data = {"rank": idist.get_rank(), "world_size": idist.get_world_size(), "epochs": self.epochs}
+        data = {"rank": rank(), "world_size": world_size(), "epochs": self.epochs}
         atomic_write_json(self.path, data)

@@ -19,6 +19,8 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from cxrkit import options
+
 __all__ = ["fold_batchnorm", "optimize_for_inference", "OptimizeForInference"]
 
 logger = logging.getLogger(__name__)
@@ -118,12 +120,10 @@ class OptimizeForInference:
     """
 
     def __init__(self, network: nn.Module, enabled: Any = True, fold_bn: bool = True, channels_last: Any = True) -> None:
-        from cxrkit.engine.workflow import flag
-
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
         self.network = network
-        self.enabled = flag(enabled, "optimize_inference")
+        self.enabled = options.flag(enabled, "optimize_inference")
         self.fold_bn = bool(fold_bn)
         self.channels_last = channels_last
         self._done = False

@@ -27,7 +27,14 @@ import torch
 from ignite.metrics import Accuracy, Average, ConfusionMatrix, EpochMetric, Fbeta, Loss, Metric, MetricsLambda
 from ignite.metrics import Precision, Recall
 
+from cxrkit import options
+
 __all__ = [
+    "plain_value",
+    "lower_is_better",
+    "metric_score",
+    "pick_metrics",
+    "metric_comparator",
     "OutputPairs",
     "OutputValue",
     "ROCAUC",
@@ -140,7 +147,7 @@ def positive_class_index(class_names: Sequence[str], positive_class: str | None 
         ValueError: ``positive_class`` is not one of the classes.
     """
     names = list(class_names)
-    if positive_class not in (None, "", "null", "none"):
+    if options.optional(positive_class) is not None:
         if positive_class not in names:
             raise ValueError(f"--positive_class {positive_class!r} is not one of the classes {names}")
         return names.index(str(positive_class))
@@ -221,3 +228,49 @@ def training_metrics(prefix: str = "train_", device: torch.device | str = "cpu")
         f"{prefix}accuracy": Accuracy(output_transform=OutputPairs(), device=device),
         f"{prefix}loss": Average(output_transform=OutputValue("loss"), device=device),
     }
+
+
+# ---- choosing by a metric: the best model, early stopping, the evaluator's key metric ----------------------
+
+
+def plain_value(value: Any) -> Any:
+    """A metric value as plain Python (float, int or nested lists) for JSON, CSV and TensorBoard."""
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether smaller values of ``metric`` are better (losses)."""
+    return "loss" in metric.rsplit("/", 1)[0]
+
+
+def metric_score(metric: str, value: Any) -> float:
+    """A "higher is better" score for ``metric``'s ``value``; NaN or missing scores ``-inf``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return -math.inf
+    if math.isnan(number):
+        return -math.inf
+    return -number if lower_is_better(metric) else number
+
+
+def pick_metrics(metrics: dict[str, Any], name: str, key: bool) -> dict[str, Any]:
+    """Split ``metrics`` into the key metric ``{name: m}`` (``key=True``) or all the others.
+
+    Raises:
+        ValueError: ``name`` is not one of the metrics.
+    """
+    if name not in metrics:
+        raise ValueError(f"--best_metric {name!r} is not a validation metric; choose one of {', '.join(metrics)}")
+    return {name: metrics[name]} if key else {k: v for k, v in metrics.items() if k != name}
+
+
+def metric_comparator(name: str) -> Callable[[float, float], bool]:
+    """``cmp(current, best)``: True when ``current`` is better (lower for losses, else higher)."""
+    if lower_is_better(name):
+        return lambda current, best: current < best
+    return lambda current, best: current > best

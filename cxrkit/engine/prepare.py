@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cxrkit.engine.workflow import flag, optional
+from cxrkit.options import flag, optional
 
 __all__ = ["PreparedData", "prepare_data", "prepare_evaluation_data"]
 

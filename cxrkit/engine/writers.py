@@ -7,17 +7,18 @@ MONAI handler style: arguments checked in ``__init__``, events hooked in
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers.checkpoint import CheckpointEvents
 
-from cxrkit.engine.handlers import plain_value
-from cxrkit.engine.record import atomic_write_csv, atomic_write_json, relative_paths
+from cxrkit.atomic import atomic_write_csv, atomic_write_json
+from cxrkit.engine.metrics import plain_value
 
-__all__ = ["PredictionsWriter", "EvaluationWriter"]
+__all__ = ["PredictionsWriter", "EvaluationWriter", "relative_paths"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,3 +126,19 @@ class EvaluationWriter:
             **self.info,
         })
         logger.info("wrote evaluation metrics to %s", self.path)
+
+
+def relative_paths(paths: Iterable[str], root: str | os.PathLike[str] | None) -> list[str]:
+    """``paths`` relative to ``root`` (posix separators); unchanged when outside it or no root."""
+    out = []
+    base = Path(root).resolve() if root else None
+    for p in paths:
+        path = Path(p)
+        if base is not None:
+            try:
+                out.append(path.resolve().relative_to(base).as_posix())
+                continue
+            except ValueError:
+                pass
+        out.append(str(p))
+    return out

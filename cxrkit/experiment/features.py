@@ -182,7 +182,7 @@ class FeatureCache:
 
     def save(self, key: FeatureKey, features: torch.Tensor, images: Sequence[str]) -> Path:
         """Write ``features`` (and the sidecar) atomically; returns the features file."""
-        from cxrkit.engine.record import atomic_write_json
+        from cxrkit.atomic import atomic_write_json
 
         data_path, meta_path = self.paths(key)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -216,7 +216,7 @@ def extract_features(backbone: torch.nn.Module, items: Sequence[Mapping[str, Any
     from monai.data import DataLoader, Dataset
     from tqdm.auto import tqdm
 
-    from cxrkit.engine.workflow import prepare_batch
+    from cxrkit.engine.loaders import prepare_batch
 
     was_training = backbone.training
     backbone.eval()

@@ -191,7 +191,7 @@ def _parsed(parser: Any, key: str, origin: str, required: bool = True) -> Any:
 
 
 def _device(device: str) -> torch.device:
-    from cxrkit.engine.workflow import select_device
+    from cxrkit.engine.hardware import select_device
 
     try:
         return select_device(device)

@@ -1,0 +1,188 @@
+"""The run folder: one layout, written by a training run and read by everything else.
+
+A finished run folder ``runs/<plugin>-<YYYYmmdd-HHMMSS>/`` is a servable MONAI
+bundle and the unit of record that reports, comparisons, prediction, export
+and serving read (see ``docs/training.md`` for the contract)::
+
+    configs/train.yaml        resolved training config (overrides applied)
+    configs/inference.yaml    self-contained inference config (MONAI Label reads it alone)
+    configs/evaluate.yaml     evaluation of models/model.pt on a dataset
+    configs/metadata.json     bundle metadata; outputs.pred.channel_def = the run's classes
+    configs/logging.conf
+    models/model.pt           best model's state_dict (by the chosen validation metric)
+    models/checkpoint_last.pt model, optimiser, trainer state, RNG... for --resume
+    models/model.ts           TorchScript export (``cxrkit export``)
+    split.json                the split manifest
+    weights.json              initial backbone weights: plugin, architecture, path, sha256, pretrained
+    metrics.json/.csv         one row per epoch; best metric and epoch
+    predictions.csv           validation predictions of the best model
+    versions.json             library versions and device
+    summary.json              counts per class and split, skipped images, leakage audit, wall time
+    tensorboard/              event files
+    evaluation/               metrics.json, predictions.csv of ``cxrkit run evaluate``
+    inference/predictions.csv ``cxrkit run inference``
+    report/                   report.md, report.html of ``cxrkit report``
+
+:class:`RunPaths` names every one of these files; no other module spells a
+run-folder path. :meth:`RunPaths.create` chooses and checks a new folder (the
+training side); :meth:`RunPaths.of` opens an existing one (the readers).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cxrkit import options
+
+__all__ = ["RunPaths", "RunDirError", "resume_target", "model_file", "WEIGHTS_KEYS", "INFERENCE_CONFIGS"]
+
+#: keys of ``weights.json`` (the run-folder contract).
+WEIGHTS_KEYS = ("plugin", "architecture", "path", "sha256", "pretrained")
+#: inference config file names looked for in ``configs/``, in order (as MONAI Label does).
+INFERENCE_CONFIGS = ("inference.yaml", "inference.json")
+
+
+class RunDirError(ValueError):
+    """The output / resume folder cannot be used; the message says why and what to do."""
+
+
+def resume_target(resume: Any) -> tuple[bool, str | None]:
+    """``(resuming, explicit folder)`` from a ``--resume`` value: a boolean spelling or a run folder."""
+    return options.flag_or_path(resume, "resume")
+
+
+def _child(*parts: str) -> property:
+    return property(lambda self: self.root.joinpath(*parts))
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run's files are.
+
+    Attributes:
+        root: the run folder (absolute).
+        resuming: whether this run continues an earlier one in ``root``.
+    """
+
+    root: Path
+    resuming: bool = False
+
+    @classmethod
+    def of(cls, folder: str | os.PathLike[str]) -> "RunPaths":
+        """An existing run (or bundle) folder, to read."""
+        return cls(Path(folder).expanduser().resolve())
+
+    @classmethod
+    def create(cls, output_dir: Any = None, plugin: str = "run", resume: Any = False) -> "RunPaths":
+        """Choose and create the run folder.
+
+        Args:
+            output_dir: the folder; default ``runs/<plugin>-<YYYYmmdd-HHMMSS>`` under the
+                working directory.
+            plugin: weight plugin name, for the default folder name.
+            resume: ``False``; ``True`` to continue the run in ``output_dir``; or the run
+                folder to continue.
+
+        Raises:
+            RunDirError: a new run would overwrite an earlier run's records, or the run to
+                resume has no checkpoint.
+        """
+        resuming, target = resume_target(resume)
+        out = options.text(output_dir)
+        if resuming:
+            if target and out and Path(target).resolve() != Path(out).resolve():
+                raise RunDirError(f"--resume {target} and --output_dir {out} name different folders; give one")
+            folder = target or out
+            if not folder:
+                raise RunDirError("--resume needs the run folder: --resume RUN_DIR (or --resume true --output_dir RUN_DIR)")
+            paths = cls.of(folder)
+            paths = cls(paths.root, True)
+            if not paths.last_checkpoint.is_file():
+                raise RunDirError(
+                    f"nothing to resume in {paths.root}: {paths.last_checkpoint} does not exist (no epoch finished "
+                    "there, or it is not a run folder); start the run again without --resume"
+                )
+            return paths
+        if out is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            out = os.path.join("runs", f"{plugin}-{stamp}")
+        paths = cls.of(out)
+        taken = [p.name for p in (paths.last_checkpoint, paths.metrics_json, paths.model) if p.exists()]
+        if taken:
+            raise RunDirError(
+                f"{paths.root} already holds a run ({', '.join(taken)}); continue it with --resume {paths.root}, "
+                "or choose another --output_dir"
+            )
+        paths.root.mkdir(parents=True, exist_ok=True)
+        return paths
+
+    # files of the contract
+    configs = _child("configs")
+    train_config = _child("configs", "train.yaml")
+    evaluate_config = _child("configs", "evaluate.yaml")
+    metadata = _child("configs", "metadata.json")
+    logging_conf = _child("configs", "logging.conf")
+    models = _child("models")
+    model = _child("models", "model.pt")
+    model_ts = _child("models", "model.ts")
+    last_checkpoint = _child("models", "checkpoint_last.pt")
+    split = _child("split.json")
+    weights = _child("weights.json")
+    metrics_json = _child("metrics.json")
+    metrics_csv = _child("metrics.csv")
+    predictions = _child("predictions.csv")
+    versions = _child("versions.json")
+    summary = _child("summary.json")
+    tensorboard = _child("tensorboard")
+    debug = _child("debug")
+    evaluation = _child("evaluation")
+    evaluation_metrics = _child("evaluation", "metrics.json")
+    evaluation_predictions = _child("evaluation", "predictions.csv")
+    inference_predictions = _child("inference", "predictions.csv")
+    report = _child("report")
+    report_md = _child("report", "report.md")
+    report_html = _child("report", "report.html")
+
+    @property
+    def inference_config(self) -> Path:
+        """``configs/inference.yaml``, or ``configs/inference.json`` when only that exists."""
+        for name in INFERENCE_CONFIGS:
+            if (self.configs / name).is_file():
+                return self.configs / name
+        return self.configs / INFERENCE_CONFIGS[0]
+
+    @property
+    def trained_model(self) -> Path | None:
+        """``models/model.pt``, else ``models/model.ts``, when present."""
+        return next((p for p in (self.model, self.model_ts) if p.is_file()), None)
+
+    def missing(self, *files: Path) -> list[Path]:
+        """The ``files`` that do not exist."""
+        return [f for f in files if not f.is_file()]
+
+    def is_servable(self) -> bool:
+        """Whether the folder holds an inference config, metadata and a trained model (what serving needs)."""
+        return not self.missing(self.inference_config, self.metadata) and self.trained_model is not None
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+
+def model_file(bundle_root: Any) -> str:
+    """``<bundle_root>/models/model.pt``, checked to exist (the evaluate/inference configs' ``model_path``).
+
+    Raises:
+        FileNotFoundError: no trained model there; the message says how to get one.
+    """
+    path = RunPaths.of(str(bundle_root)).model
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: this bundle holds no trained model. Train one "
+            f"(cxrkit run training {bundle_root} --dataset_dir DIR) and evaluate or run inference on the run "
+            "folder it writes (runs/<plugin>-<timestamp>), or pass --bundle_root RUN_DIR"
+        )
+    return str(path)
