@@ -154,7 +154,7 @@ def weights_available(plugin: str) -> bool:
 
 
 def run_demo(
-    workdir: str | Path = "runs/demo",
+    output_dir: str | Path = "runs/demo",
     *,
     plugin: str = "inat_swav",
     epochs: int = 10,
@@ -165,20 +165,32 @@ def run_demo(
     device: str = "auto",
     progress: bool = True,
 ) -> DemoResult:
-    """Make the synthetic dataset, train ``plugin``'s bundle on it, evaluate the run.
+    """Make the synthetic dataset, train ``plugin``'s bundle on it, evaluate the run, write its report.
+
+    Args:
+        output_dir: the demo's folder: ``data/`` (the synthetic dataset) and ``runs/`` (the run folder).
+        plugin: the weight plugin whose bundle is trained.
+        epochs: training epochs.
+        image_size: network input size (and the synthetic images' size, at least 32 px).
+        batch_size: images per batch.
+        per_class: synthetic images per class.
+        seed: dataset and training seed.
+        device: ``auto``, ``cpu``, ``cuda``...
+        progress: progress bars.
 
     Raises:
         cxrkit.bundle.BundleNotFoundError: the repository's ``bundles/`` folder is absent.
     """
     from cxrkit.bundle import bundles_root
-    from cxrkit.cli.run_cmd import run_bundle
+    from cxrkit.bundle.runner import run_bundle
+    from cxrkit.report import write_report
+    from cxrkit.runfolder import RunPaths
 
-    work = Path(workdir).expanduser().resolve()
+    work = Path(output_dir).expanduser().resolve()
     bundle = bundles_root() / plugin
     dataset = make_synthetic_dataset(work / "data", per_class=per_class, size=max(int(image_size), 32), seed=seed)
     pretrained = weights_available(plugin)
-    run_dir = work / "runs" / f"{plugin}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_bundle("training", bundle, {
+    run_dir = run_bundle("training", bundle, {
         "dataset_dir": str(dataset),
         "dataset": "radiography",
         "epochs": int(epochs),
@@ -186,19 +198,18 @@ def run_demo(
         "batch_size": int(batch_size),
         "seed": int(seed),
         "device": device,
-        "output_dir": str(run_dir),
+        "output_dir": str(work / "runs" / f"{plugin}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"),
         "allow_missing_weights": not pretrained,
         "progress": bool(progress),
     })
-    run_bundle("evaluate", run_dir, {
+    run = RunPaths.of(run_dir)
+    run_bundle("evaluate", run.root, {
         "dataset_dir": str(dataset),
         "subset": "val",
         "device": device,
         "progress": bool(progress),
     })
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    evaluation = json.loads((run_dir / "evaluation" / "metrics.json").read_text())
-    from cxrkit.report import write_report
-
-    write_report(run_dir, bootstrap=1000, seed=seed)
-    return DemoResult(dataset, run_dir, pretrained, metrics, evaluation)
+    metrics = json.loads(run.metrics_json.read_text())
+    evaluation = json.loads(run.evaluation_metrics.read_text())
+    write_report(run.root, bootstrap=1000, seed=seed)
+    return DemoResult(dataset, run.root, pretrained, metrics, evaluation)

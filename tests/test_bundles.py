@@ -23,8 +23,8 @@ from monai.bundle import ConfigParser
 from conftest import REPO, shared_data
 from cxrkit.bundle.generate import KINDS, builtin_plugins, check_bundles, main as generate_main, write_bundles
 from cxrkit.cli import main
-from cxrkit.cli.run_cmd import parse_overrides
-from cxrkit.engine.workflow import flag, optional
+from cxrkit.options import parse_overrides
+from cxrkit.options import flag, optional
 
 BUNDLES = REPO / "bundles"
 PLUGINS = builtin_plugins()

@@ -80,7 +80,7 @@ def test_plan_skips_absent_files_with_the_import_command(isolated, weights_store
 def test_bad_settings_are_clear_errors(isolated):
     with pytest.raises(CompareError, match="--folds must be at least 2"):
         CompareSettings("radiography", str(isolated), folds=1).check()
-    with pytest.raises(CompareError, match="--root .*no such folder"):
+    with pytest.raises(CompareError, match="--dataset_dir .*no such folder"):
         CompareSettings("radiography", str(isolated / "missing")).check()
     root = str(shared_data(*RADIOGRAPHY))
     with pytest.raises(CLIError, match="no plugin can run: swav: weight file"):

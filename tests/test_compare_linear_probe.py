@@ -17,7 +17,7 @@ from test_compare import RADIOGRAPHY, isolated, weights_store, write_inat_swav  
 from test_report_runfolder import md_tables
 
 import cxrkit.experiment.linear_probe as linear_probe
-from cxrkit.cli.run_cmd import run_bundle
+from cxrkit.bundle.runner import run_bundle
 from cxrkit.data.transforms import build_transforms
 from cxrkit.experiment.compare import CompareSettings, run_comparison
 from cxrkit.experiment.features import FeatureCache, FeatureKey
@@ -48,7 +48,8 @@ def forward_calls(monkeypatch) -> list[str]:
 
 
 def settings(out: Path, **kwargs) -> CompareSettings:
-    values = dict(dataset="radiography", root=str(shared_data(*RADIOGRAPHY)), mode="linear_probe", out=str(out),
+    values = dict(dataset="radiography", dataset_dir=str(shared_data(*RADIOGRAPHY)), mode="linear_probe",
+                  output_dir=str(out),
                   epochs=2, image_size=32, batch_size=4, max_items=12, device="cpu", bootstrap=0, progress=False)
     values.update(kwargs)
     return CompareSettings(**values)

@@ -6,6 +6,8 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from cxrkit.options import CommandFormatter, add_common, add_option, arg_type, integer
+
     p = sub.add_parser(
         "demo",
         help="train and evaluate on a small synthetic dataset (minutes on a CPU, no download)",
@@ -14,24 +16,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "inat_swav bundle on it for a few epochs at low resolution, evaluate the run and print where the "
             "results are. Uses the plugin's pretrained weights when installed, random initialisation otherwise."
         ),
+        formatter_class=CommandFormatter,
     )
-    p.add_argument("--dir", default="runs/demo", help="work folder for data and runs (default: runs/demo)")
-    p.add_argument("--plugin", default="inat_swav", help="weight plugin whose bundle is trained (default inat_swav)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--per-class", type=int, default=50, help="synthetic images per class (default 50)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_common(p, "output_dir", "--dir", default="runs/demo",
+               help="the demo's output folder: data/ and runs/ (default: runs/demo)")
+    add_option(p, "--plugin", default="inat_swav", help="weight plugin whose bundle is trained (default inat_swav)")
+    add_common(p, "epochs", default=10, help="training epochs (default: 10)")
+    add_common(p, "image_size", default=64, help="network input size in pixels (default: 64)")
+    add_common(p, "batch_size", default=16, help="images per batch (default: 16)")
+    add_option(p, "--per_class", type=arg_type(integer, minimum=5), default=50, metavar="N",
+               help="synthetic images per class (default 50)")
+    add_common(p, "seed")
+    add_common(p, "device")
+    add_common(p, "no_progress")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from cxrkit.bundle import BundleNotFoundError
+    from cxrkit.bundle.runner import user_error
     from cxrkit.cli import CLIError
-    from cxrkit.cli.run_cmd import user_error
     from cxrkit.demo import run_demo, weights_available
+    from cxrkit.runfolder import RunPaths
     from cxrkit.weights import get_source
 
     source = get_source(args.plugin)
@@ -43,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
         )
     try:
         result = run_demo(
-            args.dir, plugin=args.plugin, epochs=args.epochs, image_size=args.image_size,
+            args.output_dir, plugin=args.plugin, epochs=args.epochs, image_size=args.image_size,
             batch_size=args.batch_size, per_class=args.per_class, seed=args.seed, device=args.device,
-            progress=not args.no_progress,
+            progress=args.progress,
         )
     except BundleNotFoundError as exc:
         raise CLIError(str(exc)) from exc
@@ -57,15 +63,16 @@ def run(args: argparse.Namespace) -> int:
     metrics, evaluation = result.metrics, result.evaluation
     best = next((r for r in metrics["epochs"] if r["epoch"] == metrics["best_epoch"]), metrics["epochs"][-1])
     ev = evaluation["metrics"]
+    run = RunPaths.of(result.run_dir)
     print(f"\nsynthetic data : {result.dataset}")
     print(f"weights        : {'pretrained ' + args.plugin if result.pretrained else 'random initialisation'}")
-    print(f"run folder     : {result.run_dir}")
+    print(f"run folder     : {run.root}")
     print(f"best epoch     : {metrics['best_epoch']} of {len(metrics['epochs'])} "
           f"(val_accuracy {best['val_accuracy']:.3f}, val_auc {best['val_auc']:.3f})")
     print(f"evaluation     : accuracy {ev['accuracy']:.3f}, ROC AUC {ev['auc']:.3f} on {evaluation['n_images']} "
-          f"validation images -> {result.run_dir / 'evaluation' / 'metrics.json'}")
-    print(f"model          : {result.run_dir / 'models' / 'model.pt'}")
-    print(f"report         : {result.run_dir / 'report' / 'report.html'} (and report.md)")
-    print(f"TensorBoard    : tensorboard --logdir {result.run_dir / 'tensorboard'}")
-    print(f"next           : cxrkit run inference {result.run_dir} --input {result.dataset / 'COVID'}")
+          f"validation images -> {run.evaluation_metrics}")
+    print(f"model          : {run.model}")
+    print(f"report         : {run.report_html} (and report.md)")
+    print(f"TensorBoard    : tensorboard --logdir {run.tensorboard}")
+    print(f"next           : cxrkit run inference {run.root} --input {result.dataset / 'COVID'}")
     return 0

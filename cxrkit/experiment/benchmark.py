@@ -2,13 +2,14 @@
 
 Usage::
 
-    python -m cxrkit.experiment.benchmark --root data/COVID-19_Radiography_Dataset --image_size 64
+    python -m cxrkit.experiment.benchmark --dataset_dir data/COVID-19_Radiography_Dataset --image_size 64
 
 Both runs train on one split of the same images with the same batch size; the
 epoch times are the ``time_s`` column of each run's ``metrics.json`` (training
 and validation of one epoch). The linear probe is run twice: the first run
 computes and caches the features (a one-off cost, reported separately), the
-second finds them in the cache.
+second finds them in the cache. Both are runs of the plugin's bundle
+(:func:`cxrkit.bundle.runner.run_bundle`; the probe with ``mode: linear_probe``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["benchmark_linear_probe", "machine_description", "main"]
+__all__ = ["benchmark_linear_probe", "machine_description", "build_parser", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +48,13 @@ def machine_description(device: Any = "cpu") -> str:
 
 
 def _epoch_times(run_dir: Path) -> list[float]:
-    rows = json.loads((run_dir / "metrics.json").read_text())["epochs"]
+    from cxrkit.runfolder import RunPaths
+
+    rows = json.loads(RunPaths.of(run_dir).metrics_json.read_text())["epochs"]
     return [float(r["time_s"]) for r in rows]
 
 
-def benchmark_linear_probe(dataset: str, root: str | Path, *, plugin: str = "random", image_size: int = 64,
+def benchmark_linear_probe(dataset: str, dataset_dir: str | Path, *, plugin: str = "random", image_size: int = 64,
                            epochs: int = 3, finetune_epochs: int = 2, batch_size: int = 32,
                            max_items: int | None = None, device: str = "cpu", seed: int = 0,
                            work_dir: str | Path | None = None) -> dict[str, Any]:
@@ -59,7 +62,7 @@ def benchmark_linear_probe(dataset: str, root: str | Path, *, plugin: str = "ran
 
     Args:
         dataset: dataset adapter name.
-        root: dataset folder.
+        dataset_dir: dataset folder.
         plugin: weight plugin (``random`` needs no file).
         image_size: input size in pixels.
         epochs: linear-probe epochs per run.
@@ -74,25 +77,25 @@ def benchmark_linear_probe(dataset: str, root: str | Path, *, plugin: str = "ran
         ``{"machine", "images", "finetune_epoch_s", "feature_extraction_s", "linear_probe_epoch_s",
         "speedup_per_epoch", ...}`` (seconds; epoch times are medians).
     """
-    from cxrkit.cli.run_cmd import run_bundle
+    from cxrkit.bundle.runner import run_bundle
     from cxrkit.engine.prepare import prepare_data
     from cxrkit.experiment.linear_probe import run_linear_probe
 
     with tempfile.TemporaryDirectory(prefix="cxrkit-bench-") as tmp:
         work = Path(work_dir) if work_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        data = prepare_data(dataset, str(root), seed=seed, max_items=max_items, progress=False)
+        data = prepare_data(dataset, str(dataset_dir), seed=seed, max_items=max_items, progress=False)
         split = data.split.save(work / "split.json")
+        settings = {
+            "dataset": dataset, "dataset_dir": str(Path(dataset_dir).resolve()), "split_manifest": str(split),
+            "max_items": max_items, "seed": seed, "image_size": image_size, "batch_size": batch_size,
+            "device": device, "progress": False,
+        }
         started = time.perf_counter()
-        run_bundle("training", plugin, {
-            "dataset": dataset, "dataset_dir": str(Path(root).resolve()), "split_manifest": str(split),
-            "max_items": max_items, "seed": seed, "epochs": finetune_epochs, "image_size": image_size,
-            "batch_size": batch_size, "device": device, "progress": False, "output_dir": str(work / "finetune"),
-        })
+        run_bundle("training", plugin, {**settings, "epochs": finetune_epochs, "output_dir": str(work / "finetune")})
         finetune_total = time.perf_counter() - started
-        probes = [run_linear_probe(plugin, data, work / f"probe{i}", epochs=epochs, batch_size=batch_size,
-                                   image_size=image_size, seed=seed, device=device, cache_dir=work / "features",
-                                   progress=False) for i in (1, 2)]
+        probes = [run_linear_probe(plugin, {**settings, "epochs": epochs, "output_dir": str(work / f"probe{i}"),
+                                            "feature_cache": str(work / "features")}) for i in (1, 2)]
         finetune = _epoch_times(work / "finetune")
         probe = _epoch_times(probes[1].run_dir)
         result = {
@@ -115,28 +118,38 @@ def benchmark_linear_probe(dataset: str, root: str | Path, *, plugin: str = "ran
     return result
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m cxrkit.experiment.benchmark`` (cxrkit's option vocabulary)."""
+    from cxrkit.options import CommandFormatter, add_common, add_option, arg_type, integer
+
+    positive = arg_type(integer, minimum=1)
+    parser = argparse.ArgumentParser(prog="python -m cxrkit.experiment.benchmark",
+                                     description=__doc__.splitlines()[0], formatter_class=CommandFormatter)
+    add_option(parser, "--dataset", default="radiography", help="dataset adapter (default: radiography)")
+    add_common(parser, "dataset_dir", "--root", required=True)
+    add_option(parser, "--plugin", default="random", help="weight plugin (default: random)")
+    add_common(parser, "image_size", default=64)
+    add_common(parser, "epochs", default=3, help="linear-probe epochs (default: 3)")
+    add_option(parser, "--finetune_epochs", type=positive, default=2, metavar="N",
+               help="fine-tuning epochs (default: 2)")
+    add_common(parser, "batch_size", default=32)
+    add_option(parser, "--max_items", type=positive, default=None, metavar="N", help="use at most N images")
+    add_common(parser, "device", default="cpu", help="cpu (default), cuda or cuda:N")
+    add_common(parser, "output_file", "--out", default=None, help="also write the JSON to this file")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: run the benchmark and print its JSON."""
-    parser = argparse.ArgumentParser(prog="python -m cxrkit.experiment.benchmark", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="radiography")
-    parser.add_argument("--root", required=True, help="dataset folder")
-    parser.add_argument("--plugin", default="random")
-    parser.add_argument("--image_size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=3, help="linear-probe epochs")
-    parser.add_argument("--finetune_epochs", type=int, default=2)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--max_items", type=int, default=None)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=None, help="also write the JSON to this file")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    result = benchmark_linear_probe(args.dataset, args.root, plugin=args.plugin, image_size=args.image_size,
+    result = benchmark_linear_probe(args.dataset, args.dataset_dir, plugin=args.plugin, image_size=args.image_size,
                                     epochs=args.epochs, finetune_epochs=args.finetune_epochs,
                                     batch_size=args.batch_size, max_items=args.max_items, device=args.device)
     text = json.dumps(result, indent=2)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if args.output_file:
+        Path(args.output_file).write_text(text + "\n")
     return 0
 
 

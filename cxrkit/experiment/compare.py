@@ -7,18 +7,18 @@
 2. makes the split ONCE (per fold with ``folds``) and writes it into the comparison folder
    (``split.json``, or ``split-fold<k>.json``), so every plugin trains on identical images;
 3. trains every plugin on it: fine-tuning through the plugin's MONAI bundle
-   (:func:`cxrkit.cli.run_cmd.run_bundle` with ``--split_manifest``), or a linear probe on
-   cached features (:func:`cxrkit.experiment.linear_probe.run_linear_probe`); a run that
+   (:func:`cxrkit.bundle.runner.run_bundle` with ``--split_manifest``), or the same bundle run as a
+   linear probe on cached features (:func:`cxrkit.experiment.linear_probe.run_linear_probe`); a run that
    fails is recorded as *failed* with its error and the others go on;
 4. writes one comparison report (:func:`cxrkit.report.write_comparison`) and
    ``compare.json`` (what ran where, what was skipped or failed and why).
 
 Layout of the comparison folder::
 
-    <out>/split.json                  (k-fold: split-fold0.json, split-fold1.json, ...)
-    <out>/runs/<plugin>[-fold<k>]/    one run folder per plugin (and fold)
-    <out>/comparison.md|html, *.png   the report
-    <out>/compare.json                plan and outcome
+    <output_dir>/split.json                  (k-fold: split-fold0.json, split-fold1.json, ...)
+    <output_dir>/runs/<plugin>[-fold<k>]/    one run folder per plugin (and fold)
+    <output_dir>/comparison.md|html, *.png   the report
+    <output_dir>/compare.json                plan and outcome
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ __all__ = ["MODES", "CompareError", "CompareSettings", "PluginPlan", "RunOutcome
 
 logger = logging.getLogger(__name__)
 
-MODES = ("finetune", "linear_probe")
+MODES = ("finetune", "linear_probe")  # the bundles' ``mode`` values
 
 
 class CompareError(ValueError):
@@ -48,12 +48,12 @@ class CompareSettings:
 
     Attributes:
         dataset: dataset adapter name.
-        root: dataset folder.
+        dataset_dir: dataset folder.
         task: adapter task (``None``: its default).
         plugins: plugin names, or ``["all"]`` for every registered weight plugin.
         mode: ``finetune`` (the bundles) or ``linear_probe`` (cached features, linear head).
         folds: k for k-fold cross-validation (``None``: one hold-out split).
-        out: the comparison folder (default ``runs/compare-<dataset>-<timestamp>``).
+        output_dir: the comparison folder (default ``runs/compare-<dataset>-<timestamp>``).
         epochs: training epochs (default: the bundles' 50).
         image_size: input size for every plugin (default: each plugin's own).
         batch_size: batch size.
@@ -62,18 +62,18 @@ class CompareSettings:
         max_items: use at most this many images (class-stratified).
         device: ``auto``, ``cpu``, ``cuda``...
         val_fraction: validation share of a hold-out split.
-        cache_dir: feature cache of the linear probe.
+        feature_cache: feature cache folder of the linear probe.
         bootstrap: bootstrap resamples of the report's confidence intervals.
         progress: progress bars.
     """
 
     dataset: str
-    root: str
+    dataset_dir: str
     task: str | None = None
     plugins: Sequence[str] = ("all",)
     mode: str = "finetune"
     folds: int | None = None
-    out: str | None = None
+    output_dir: str | None = None
     epochs: int | None = None
     image_size: int | None = None
     batch_size: int | None = None
@@ -82,7 +82,7 @@ class CompareSettings:
     max_items: int | None = None
     device: str = "auto"
     val_fraction: float = 0.2
-    cache_dir: str | None = None
+    feature_cache: str | None = None
     bootstrap: int = 1000
     progress: bool = True
 
@@ -96,8 +96,8 @@ class CompareSettings:
             value = getattr(self, name)
             if value is not None and int(value) < 1:
                 raise CompareError(f"--{name} must be a positive integer, got {value}")
-        if not Path(self.root).expanduser().is_dir():
-            raise CompareError(f"--root {self.root}: no such folder (the dataset folder)")
+        if not Path(self.dataset_dir).expanduser().is_dir():
+            raise CompareError(f"--dataset_dir {self.dataset_dir}: no such folder (the dataset folder)")
         if self.weights_dir is not None and not Path(self.weights_dir).expanduser().is_dir():
             raise CompareError(f"--weights_dir {self.weights_dir}: no such folder")
 
@@ -231,7 +231,7 @@ def make_splits(settings: CompareSettings, out_dir: Path) -> list[tuple[int | No
     folds = [None] if settings.folds is None else list(range(int(settings.folds)))
     out = []
     for fold in folds:
-        data = prepare_data(settings.dataset, settings.root, settings.task, val_fraction=settings.val_fraction,
+        data = prepare_data(settings.dataset, settings.dataset_dir, settings.task, val_fraction=settings.val_fraction,
                             seed=settings.seed, max_items=settings.max_items, progress=settings.progress,
                             folds=settings.folds, fold=fold or 0)
         path = out_dir / ("split.json" if fold is None else f"split-fold{fold}.json")
@@ -241,12 +241,23 @@ def make_splits(settings: CompareSettings, out_dir: Path) -> list[tuple[int | No
     return out
 
 
-def _finetune(plan: PluginPlan, settings: CompareSettings, split: Path, run_dir: Path) -> None:
+def _bundle(plugin: str, out_dir: Path) -> Path:
+    """The plugin's committed bundle, or (a third-party plugin) one generated inside the comparison folder."""
     from cxrkit.bundle import BundleNotFoundError, find_bundle
-    from cxrkit.cli.run_cmd import run_bundle
 
+    try:
+        return find_bundle(plugin)
+    except BundleNotFoundError:
+        from cxrkit.bundle.generate import write_bundles
+
+        write_bundles(out_dir / "bundles", [plugin])
+        return out_dir / "bundles" / plugin
+
+
+def _overrides(plan: PluginPlan, settings: CompareSettings, split: Path, run_dir: Path) -> dict[str, Any]:
+    """The bundle settings of one run: the comparison's split, data and training options."""
     overrides: dict[str, Any] = {
-        "dataset": settings.dataset, "dataset_dir": str(Path(settings.root).expanduser().resolve()),
+        "dataset": settings.dataset, "dataset_dir": str(Path(settings.dataset_dir).expanduser().resolve()),
         "split_manifest": str(split), "seed": int(settings.seed), "output_dir": str(run_dir),
         "device": settings.device, "progress": bool(settings.progress),
     }
@@ -259,18 +270,13 @@ def _finetune(plan: PluginPlan, settings: CompareSettings, split: Path, run_dir:
             overrides[name] = int(getattr(settings, name))
     if plan.weights_path:
         overrides["weights_path"] = plan.weights_path
-    try:
-        bundle = find_bundle(plan.plugin)
-    except BundleNotFoundError:  # a third-party plugin: generate its bundle inside the comparison folder
-        from cxrkit.bundle.generate import write_bundles
-
-        write_bundles(run_dir.parent.parent / "bundles", [plan.plugin])
-        bundle = run_dir.parent.parent / "bundles" / plan.plugin
-    run_bundle("training", bundle, overrides)
+    if settings.mode == "linear_probe" and settings.feature_cache is not None:
+        overrides["feature_cache"] = str(settings.feature_cache)
+    return overrides
 
 
 def _error_text(exc: BaseException) -> str:
-    from cxrkit.cli.run_cmd import user_error
+    from cxrkit.bundle.runner import user_error
 
     cause = user_error(exc) or exc
     return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}".strip()
@@ -288,7 +294,9 @@ def run_comparison(settings: CompareSettings) -> ComparisonResult:
     """
     from tqdm.auto import tqdm
 
-    from cxrkit.engine.record import atomic_write_json
+    from cxrkit.atomic import atomic_write_json
+    from cxrkit.bundle.runner import run_bundle
+    from cxrkit.experiment.linear_probe import run_linear_probe
     from cxrkit.report import write_comparison
 
     settings.check()
@@ -301,7 +309,7 @@ def run_comparison(settings: CompareSettings) -> ComparisonResult:
     if not ready:
         raise CompareError("no plugin can run: " + "; ".join(f"{p.plugin}: {p.skipped}" for p in plans))
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(settings.out or Path("runs") / f"compare-{settings.dataset}-{stamp}").expanduser().resolve()
+    out_dir = Path(settings.output_dir or Path("runs") / f"compare-{settings.dataset}-{stamp}").expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = make_splits(settings, out_dir)
     result = ComparisonResult(out_dir, None, [s[1] for s in splits], plans)
@@ -313,16 +321,12 @@ def run_comparison(settings: CompareSettings) -> ComparisonResult:
         started = time.perf_counter()
         outcome = RunOutcome(plan.plugin, fold, str(run_dir), "finished")
         try:
+            bundle = _bundle(plan.plugin, out_dir)
+            overrides = _overrides(plan, settings, split, run_dir)
             if settings.mode == "finetune":
-                _finetune(plan, settings, split, run_dir)
+                run_bundle("training", bundle, overrides)
             else:
-                from cxrkit.experiment.linear_probe import run_linear_probe
-
-                probe = run_linear_probe(
-                    plan.plugin, data, run_dir, epochs=settings.epochs or 50, batch_size=settings.batch_size or 32,
-                    image_size=settings.image_size, seed=settings.seed, device=settings.device,
-                    weights_path=plan.weights_path, cache_dir=settings.cache_dir, progress=settings.progress)
-                outcome.cache_hit = probe.cache_hit
+                outcome.cache_hit = run_linear_probe(plan.plugin, overrides, bundle).cache_hit
         except Exception as exc:  # noqa: BLE001 - one plugin's failure must not stop the comparison
             outcome.status, outcome.error = "failed", _error_text(exc)
             logger.error("%s%s failed: %s", plan.plugin, "" if fold is None else f" (fold {fold})", outcome.error)

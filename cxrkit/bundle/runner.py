@@ -1,0 +1,170 @@
+"""Running a bundle's training, evaluate or inference config: the one way cxrkit starts a bundle workflow.
+
+:func:`run_bundle` is what ``cxrkit run``, ``cxrkit compare``, ``cxrkit demo``,
+the linear probe and the benchmarks call. It is the Python form of::
+
+    python -m monai.bundle run training --config_file BUNDLE/configs/train.yaml --bundle_root BUNDLE ...
+
+It takes a bundle folder (``bundles/inat_swav``), a plugin name or a run
+folder, sets ``bundle_root`` to it and runs MONAI's ``ConfigWorkflow``
+(:func:`monai.bundle.scripts.create_workflow`, ``run``, ``finalize``: what
+:func:`monai.bundle.run` does) with the overrides. A training run is handed
+the config it runs, every override applied (:class:`cxrkit.engine.record.ConfigSnapshot`),
+so the run folder's ``configs/train.yaml`` records it exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = ["WORKFLOWS", "ALIASES", "workflow_name", "bundle_workflow", "run_bundle", "user_error"]
+
+logger = logging.getLogger(__name__)
+
+#: workflow -> (config file, MONAI run id, config id of what the workflow writes).
+WORKFLOWS: dict[str, tuple[str, str, str]] = {
+    "training": ("train.yaml", "training", "run_paths"),
+    "evaluate": ("evaluate.yaml", "evaluating", "output_dir"),
+    "inference": ("inference.yaml", "inference", "output_file"),
+}
+#: other words accepted for a workflow.
+ALIASES = {"train": "training", "evaluating": "evaluate", "eval": "evaluate", "infer": "inference"}
+
+
+def workflow_name(workflow: str) -> str:
+    """``training``, ``evaluate`` or ``inference`` for any accepted word.
+
+    Raises:
+        ValueError: an unknown workflow.
+    """
+    name = ALIASES.get(str(workflow), str(workflow))
+    if name not in WORKFLOWS:
+        raise ValueError(f"unknown workflow {workflow!r}: use training, evaluate or inference")
+    return name
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The user-facing cause of a bundle failure (bad option, missing file...), unwrapping MONAI's errors."""
+    from cxrkit.data import DatasetError
+    from cxrkit.registry import RegistryError
+    from cxrkit.weights import WeightError
+
+    wanted = (ValueError, FileNotFoundError, RegistryError, KeyError, TypeError, WeightError, DatasetError)
+    seen = set()
+    found = None
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, wanted) and not str(current).startswith(("Failed to ", "Component to instantiate")):
+            found = current
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def _config_and_overrides(name: str, bundle: str | Path,
+                          overrides: Mapping[str, Any] | None) -> tuple[Path, Path, dict[str, Any]]:
+    """``(bundle root, config file, overrides)``; a resumed training uses the run folder's own config."""
+    from cxrkit.bundle import find_bundle
+    from cxrkit.runfolder import resume_target
+
+    config_name = WORKFLOWS[name][0]
+    root = find_bundle(bundle)
+    config = root / "configs" / config_name
+    if not config.is_file():
+        raise FileNotFoundError(f"{config} does not exist: {root} has no {name} config")
+    pairs = dict(overrides or {})
+    if name == "training" and "resume" in pairs:
+        resuming, target = resume_target(pairs["resume"])
+        folder = Path(target or pairs.get("output_dir") or "") if resuming else None
+        if folder and (folder / "configs" / config_name).is_file() and folder.resolve() != root:
+            logger.info("resuming %s with its own configs/%s", folder, config_name)
+            root = folder.resolve()
+            config = root / "configs" / config_name
+    pairs.setdefault("bundle_root", str(root))
+    return root, config, pairs
+
+
+def _snapshot(config: Path, pairs: Mapping[str, Any]) -> Any:
+    """The training config as written, overrides applied, for the run recorder (``None`` when it has none)."""
+    from monai.bundle import ConfigParser
+
+    from cxrkit.engine.record import ConfigSnapshot
+
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    if "run_recorder" not in parser.config:
+        return None
+    try:
+        parser.update(pairs=dict(pairs))
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None  # the workflow itself reports the bad override
+    return ConfigSnapshot(parser.get())
+
+
+def bundle_workflow(workflow: str, bundle: str | Path, overrides: Mapping[str, Any] | None = None) -> Any:
+    """MONAI's ``ConfigWorkflow`` for ``workflow`` of ``bundle``, created and initialised (not yet run).
+
+    Args:
+        workflow: ``training``, ``evaluate`` or ``inference`` (or ``train``, ``eval``, ``infer``).
+        bundle: a bundle folder, a plugin name or a run folder.
+        overrides: config ids and values (``{"epochs": 2, "train#trainer#max_epochs": 2}``).
+
+    Returns:
+        The workflow; ``workflow.parser`` resolves any config id, ``run()`` and ``finalize()`` finish it.
+
+    Raises:
+        cxrkit.bundle.BundleNotFoundError: not a bundle folder.
+        FileNotFoundError: the bundle lacks the workflow's config.
+        Exception: whatever initialising the workflow raises.
+    """
+    from monai.bundle.scripts import create_workflow
+
+    name = workflow_name(workflow)
+    root, config, pairs = _config_and_overrides(name, bundle, overrides)
+    if name == "training":
+        snapshot = _snapshot(config, pairs)
+        if snapshot is not None:
+            pairs["run_recorder#config"] = snapshot
+    logging_file = root / "configs" / "logging.conf"
+    with warnings.catch_warnings():
+        # MONAI warns that configs run code; these are cxrkit's own or the user's configs
+        warnings.filterwarnings("ignore", message="parsing config_file")
+        return create_workflow(
+            config_file=str(config),
+            meta_file=str(root / "configs" / "metadata.json"),
+            logging_file=str(logging_file) if logging_file.is_file() else None,
+            run_id=WORKFLOWS[name][1],
+            **pairs,
+        )
+
+
+def run_bundle(workflow: str, bundle: str | Path, overrides: Mapping[str, Any] | None = None) -> Path | None:
+    """Run ``workflow`` of ``bundle`` with ``overrides``, as ``python -m monai.bundle run`` would.
+
+    When training is resumed (``resume``: the run folder), the run folder's own
+    ``configs/train.yaml`` is used, so the run continues with exactly its
+    settings; further overrides still apply.
+
+    Args:
+        workflow: ``training``, ``evaluate`` or ``inference``.
+        bundle: a bundle folder, a plugin name or a run folder.
+        overrides: config ids and values, e.g. ``{"dataset_dir": "data/x", "epochs": 2}``.
+
+    Returns:
+        What the workflow wrote: the run folder (training), the evaluation folder (evaluate) or the
+        predictions file (inference).
+
+    Raises:
+        cxrkit.bundle.BundleNotFoundError: not a bundle folder.
+        FileNotFoundError: the bundle lacks the workflow's config.
+        Exception: whatever the workflow raises (:func:`user_error` finds the user's mistake in it).
+    """
+    flow = bundle_workflow(workflow, bundle, overrides)
+    flow.run()
+    written = flow.parser.get_parsed_content(WORKFLOWS[workflow_name(workflow)][2])
+    flow.finalize()
+    written = getattr(written, "root", written)
+    return Path(str(written)) if written is not None else None
