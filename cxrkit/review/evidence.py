@@ -18,7 +18,6 @@ import base64
 import io
 import os
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -181,7 +180,7 @@ def cam_overlay_png(cam: np.ndarray, size: tuple[int, int] | None = None, alpha:
 
 
 class LocalExplainer:
-    """Grad-CAM computed here with :mod:`cxrkit.serve`, from the run folder the server serves.
+    """Grad-CAM computed here by the run folder's :class:`cxrkit.serve.Predictor` (the server sent none).
 
     Args:
         run_dir: the trained run folder (``models/model.pt``).
@@ -192,28 +191,18 @@ class LocalExplainer:
     """
 
     def __init__(self, run_dir: str | os.PathLike, device: str = "cpu") -> None:
-        from cxrkit.serve import GradCAMExplainer, load_model
+        from cxrkit.serve import Predictor
 
         self.run_dir = Path(run_dir)
-        self.model = load_model(run_dir, device=device)
-        self.explainer = GradCAMExplainer(self.model.network)
-        self._lock = threading.Lock()
+        self.predictor = Predictor.load(run_dir, device=device)
 
     def __call__(self, data: bytes, suffix: str, class_index: int) -> np.ndarray:
         """The ``(rows, cols)`` map for class ``class_index`` of the image file ``data``."""
-        import torch
-
-        from cxrkit.serve.gradcam import cam_to_image
-
         fd, name = tempfile.mkstemp(suffix=suffix or ".img", prefix="cxrkit-review-")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-            with self._lock:  # hooks of one network: one map at a time
-                tensor = self.model.preprocessing({"image": name})["image"]
-                tensor = torch.as_tensor(tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor).float()
-                grid = self.explainer(tensor[None], [int(class_index)])[0]
-            shape = read_image_bytes(data, suffix).shape
-            return cam_to_image(grid, self.model.preprocessing, shape)
+            image = self.predictor.prepare(name)
+            return self.predictor.grad_cam(image, int(class_index), read_image_bytes(data, suffix).shape)
         finally:
             os.unlink(name)

@@ -2,7 +2,8 @@
 
 * :func:`load_model` - a run folder, bundle or exported ``model.ts`` -> network + preprocessing + classes,
   built from the bundle's own ``configs/inference.yaml``;
-* :func:`predict_files` - class probabilities for PNG / JPEG / DICOM / NIfTI files, with Grad-CAM overlays;
+* :class:`Predictor` - the one predictor (``cxrkit predict``, MONAI Label, the review page): class
+  probabilities for PNG / JPEG / DICOM / NIfTI files, batched, with Grad-CAM; :func:`predict_files`;
 * :func:`export_torchscript` - ``models/model.ts`` through MONAI's ``ckpt_export``, checked against ``model.pt``;
 * :class:`GradCAMExplainer`, :func:`cam_to_image`, :func:`save_cam_overlay` - the evidence maps.
 
@@ -25,6 +26,7 @@ __all__ = [
     "Prediction",
     "PredictionFailure",
     "PredictionResult",
+    "Predictor",
     "cam_target_layer",
     "cam_to_image",
     "collect_inputs",
@@ -41,6 +43,7 @@ _LAZY = {
     "Prediction": "cxrkit.serve.predict",
     "PredictionFailure": "cxrkit.serve.predict",
     "PredictionResult": "cxrkit.serve.predict",
+    "Predictor": "cxrkit.serve.predict",
     "collect_inputs": "cxrkit.serve.predict",
     "predict_files": "cxrkit.serve.predict",
     "CAMError": "cxrkit.serve.gradcam",

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from cxrkit.runfolder import RunPaths
 from cxrkit.serve.model import ModelLoadError, load_model
 
 __all__ = ["ExportError", "ExportResult", "export_torchscript", "monai_command"]
@@ -54,19 +55,16 @@ class ExportResult:
 
 
 def _run_folder(run_dir: str | os.PathLike) -> tuple[Path, Path, Path, Path]:
-    root = Path(run_dir).expanduser().resolve()
-    config = next((root / "configs" / n for n in ("inference.yaml", "inference.json")
-                   if (root / "configs" / n).is_file()), None)
-    meta = root / "configs" / "metadata.json"
-    ckpt = root / "models" / "model.pt"
-    missing = [str(p) for p in (config or root / "configs" / "inference.yaml", meta, ckpt) if not p.is_file()]
-    if not root.is_dir() or missing:
-        problem = f"missing {', '.join(missing)}" if root.is_dir() else "no such folder"
+    run = RunPaths.of(run_dir)
+    config, meta, ckpt = run.inference_config, run.metadata, run.model
+    missing = run.missing(config, meta, ckpt)
+    if not run.root.is_dir() or missing:
+        problem = f"missing {', '.join(map(str, missing))}" if run.root.is_dir() else "no such folder"
         raise ModelLoadError(
             f"{run_dir}: not a trained run folder ({problem}); "
             "pass the folder `cxrkit run training` wrote (runs/<plugin>-<timestamp>)"
         )
-    return root, config, meta, ckpt  # type: ignore[return-value]
+    return run.root, config, meta, ckpt
 
 
 def _input_shape(meta: Path) -> list[int]:
@@ -78,7 +76,7 @@ def monai_command(run_dir: str | os.PathLike, filepath: str | os.PathLike | None
                   use_trace: bool = False) -> list[str]:
     """The ``python -m monai.bundle ckpt_export`` command line equivalent to :func:`export_torchscript`."""
     root, config, meta, ckpt = _run_folder(run_dir)
-    target = Path(filepath) if filepath else root / "models" / "model.ts"
+    target = Path(filepath) if filepath else RunPaths(root).model_ts
     cmd = ["python", "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(target),
            "--ckpt_file", str(ckpt), "--meta_file", str(meta), "--config_file", str(config),
            "--bundle_root", str(root)]
@@ -130,7 +128,7 @@ def export_torchscript(
         ExportError: conversion failed, or the exported module's outputs differ.
     """
     root, config, meta, ckpt = _run_folder(run_dir)
-    target = Path(filepath).expanduser().resolve() if filepath else root / "models" / "model.ts"
+    target = Path(filepath).expanduser().resolve() if filepath else RunPaths(root).model_ts
     target.parent.mkdir(parents=True, exist_ok=True)
     methods = ["trace"] if use_trace else ["script"] if use_trace is False else ["script", "trace"]
     errors: list[str] = []
@@ -150,7 +148,7 @@ def export_torchscript(
 
 
 def _compare(root: Path, target: Path, meta: Path, atol: float) -> float:
-    original = load_model(root, device="cpu")
+    original = load_model(root, device="cpu", optimize=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)

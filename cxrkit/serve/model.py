@@ -32,12 +32,12 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
-__all__ = ["LoadedModel", "ModelLoadError", "load_model", "class_names", "INFERENCE_CONFIGS"]
+from cxrkit.runfolder import INFERENCE_CONFIGS, RunPaths
+
+__all__ = ["LoadedModel", "ModelLoadError", "load_model", "class_names"]
 
 logger = logging.getLogger(__name__)
 
-#: inference config file names looked for in ``<bundle>/configs/``, in order (as MONAI Label does).
-INFERENCE_CONFIGS = ("inference.yaml", "inference.json")
 _TS_SUFFIXES = (".ts", ".pt.ts", ".torchscript")
 
 
@@ -148,10 +148,8 @@ class LoadedModel:
 
 
 def _find_config(root: Path) -> Path | None:
-    for name in INFERENCE_CONFIGS:
-        if (root / "configs" / name).is_file():
-            return root / "configs" / name
-    return None
+    config = RunPaths.of(root).inference_config
+    return config if config.is_file() else None
 
 
 def _parser(config: Path | Mapping[str, Any], bundle_root: Path, device: str, origin: str) -> Any:
@@ -209,7 +207,7 @@ def _state_dict(path: Path, trust: bool) -> Mapping[str, torch.Tensor]:
         raise ModelLoadError(
             f"{path}: the file needs full unpickling, which can run code (it references "
             f"{', '.join(exc.globals) or 'unknown objects'}); cxrkit opens models with weights_only=True. "
-            "Only if you trust its origin, pass --trust (trust=True)"
+            "Only if you trust its origin, pass --trust_weights (trust=True)"
         ) from exc
     except WeightError as exc:
         raise ModelLoadError(f"cannot read the model file: {exc}") from exc
@@ -220,14 +218,14 @@ def _state_dict(path: Path, trust: bool) -> Mapping[str, torch.Tensor]:
     return obj
 
 
-def _load_bundle(root: Path, model_file: Path, device: str, trust: bool) -> LoadedModel:
+def _load_bundle(root: Path, model_file: Path, device: str, trust: bool, optimize: bool = True) -> LoadedModel:
     config = _find_config(root)
     if config is None:
         raise ModelLoadError(
             f"{root}: no configs/{' or configs/'.join(INFERENCE_CONFIGS)}; pass a run folder written by "
             "`cxrkit run training` (runs/<plugin>-<timestamp>) or a bundle folder"
         )
-    meta_file = root / "configs" / "metadata.json"
+    meta_file = RunPaths.of(root).metadata
     if not meta_file.is_file():
         raise ModelLoadError(f"{root}: no configs/metadata.json (it names the classes); is this a run folder?")
     try:
@@ -254,6 +252,10 @@ def _load_bundle(root: Path, model_file: Path, device: str, trust: bool) -> Load
         network = _jit_load(model_file, torch_device)[0]
         kind = "torchscript"
     network = network.to(torch_device).eval()
+    if optimize and kind == "pytorch":
+        from cxrkit.engine.inference import optimize_for_inference
+
+        optimize_for_inference(network)  # as the bundle's inference config does (OptimizeForInference)
     return LoadedModel(
         network=network,
         preprocessing=_parsed(parser, "preprocessing", str(config)),
@@ -270,7 +272,7 @@ def _load_bundle(root: Path, model_file: Path, device: str, trust: bool) -> Load
 def _jit_load(path: Path, device: torch.device) -> tuple[nn.Module, dict, dict]:
     from monai.data import load_net_with_metadata
 
-    extra = tuple(f"{Path(n).stem}.json" for n in INFERENCE_CONFIGS)
+    extra = tuple(f"{Path(n).stem}.json" for n in INFERENCE_CONFIGS)  # MONAI stores configs as JSON
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -283,11 +285,11 @@ def _jit_load(path: Path, device: torch.device) -> tuple[nn.Module, dict, dict]:
         ) from None
 
 
-def _load_torchscript(path: Path, device: str) -> LoadedModel:
+def _load_torchscript(path: Path, device: str, optimize: bool = True) -> LoadedModel:
     beside = path.parent.parent if path.parent.name == "models" else path.parent
-    if _find_config(beside) is not None and (beside / "configs" / "metadata.json").is_file():
+    if _find_config(beside) is not None and RunPaths.of(beside).metadata.is_file():
         logger.info("using the configs of %s for %s", beside, path.name)
-        return _load_bundle(beside, path, device, trust=False)
+        return _load_bundle(beside, path, device, trust=False, optimize=optimize)
     torch_device = _device(device)
     network, metadata, extra = _jit_load(path, torch_device)
     embedded = next((extra[k] for k in extra if extra[k]), None)
@@ -311,7 +313,8 @@ def _load_torchscript(path: Path, device: str) -> LoadedModel:
     )
 
 
-def load_model(source: str | os.PathLike, device: str = "auto", trust: bool = False) -> LoadedModel:
+def load_model(source: str | os.PathLike, device: str = "auto", trust: bool = False,
+               optimize: bool = True) -> LoadedModel:
     """Load a trained classifier from a run folder, a bundle folder or an exported TorchScript file.
 
     Args:
@@ -319,6 +322,9 @@ def load_model(source: str | os.PathLike, device: str = "auto", trust: bool = Fa
             ``models/model.pt`` or ``models/model.ts``), or a ``.ts`` file.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         trust: open ``model.pt`` with full unpickling (only for files you trust).
+        optimize: fold batch norms into convolutions and use ``channels_last``
+            (:func:`cxrkit.engine.inference.optimize_for_inference`), as the bundle's inference config does;
+            ``False`` keeps the network exactly as ``network_def`` builds it.
 
     Returns:
         The :class:`LoadedModel`.
@@ -332,19 +338,18 @@ def load_model(source: str | os.PathLike, device: str = "auto", trust: bool = Fa
     path = path.resolve()
     if path.is_file():
         if path.name.endswith(_TS_SUFFIXES):
-            return _load_torchscript(path, device)
+            return _load_torchscript(path, device, optimize)
         if path.suffix in (".pt", ".pth") and path.parent.name == "models":
-            return _load_bundle(path.parent.parent, path, device, trust)
+            return _load_bundle(path.parent.parent, path, device, trust, optimize)
         raise ModelLoadError(
             f"{source}: pass a run folder, a bundle folder or an exported TorchScript file (.ts), "
             "not a single file of this kind"
         )
     if path.name in ("models", "configs") and _find_config(path.parent) is not None:
         path = path.parent
-    for name in ("model.pt", "model.ts"):
-        candidate = path / "models" / name
-        if candidate.is_file():
-            return _load_bundle(path, candidate, device, trust)
+    trained = RunPaths.of(path).trained_model
+    if trained is not None:
+        return _load_bundle(path, trained, device, trust, optimize)
     if _find_config(path) is None:
         raise ModelLoadError(
             f"{source}: not a run folder or bundle (no configs/inference.yaml); pass the folder that "

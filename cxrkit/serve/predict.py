@@ -1,18 +1,23 @@
-"""Class probabilities (and Grad-CAM overlays) for image files, from a trained model.
+"""The one predictor: class probabilities (and Grad-CAM evidence) for image files, from a trained model.
 
 Typical use::
 
-    from cxrkit.serve import load_model, predict_files
+    from cxrkit.serve import Predictor
 
-    model = load_model("runs/inat_swav-20240101-120000")
-    result = predict_files(model, ["xray.png", "scans/"], cam_dir="cams")
+    predictor = Predictor.load("runs/inat_swav-20240101-120000")
+    result = predictor.predict(["xray.png", "scans/"], cam_dir="cams")
     for p in result.predictions:
         print(p.file, p.label, p.probability)
     for f in result.failures:
         print("unreadable:", f.file, f.reason)
 
-Files are read with the bundle's own preprocessing (PNG, JPEG, DICOM, NIfTI;
-the format is recognised from the content). A file that cannot be read is
+:class:`Predictor` is what ``cxrkit predict``, the MONAI Label infer task
+(``cxrkit/label/app/lib/infers.py``) and the review page's Grad-CAM use: the
+network and preprocessing of the run's ``configs/inference.yaml`` (batch norms
+folded, as the bundle's inference config does), batched probabilities,
+Grad-CAM mapped back onto the original image. Folders are expanded by
+:func:`cxrkit.data.inputs.find_images` (DICOM without a suffix included), as
+``cxrkit run inference --input DIR`` does. A file that cannot be read is
 reported by name and skipped; the others are still predicted. Nothing from a
 DICOM header reaches the results: files are named by the path the user gave.
 """
@@ -21,15 +26,17 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 
 from cxrkit.serve.model import LoadedModel
 
-__all__ = ["Prediction", "PredictionFailure", "PredictionResult", "collect_inputs", "predict_files"]
+__all__ = ["Predictor", "Prediction", "PredictionFailure", "PredictionResult", "collect_inputs", "predict_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,162 +96,173 @@ class PredictionResult:
         }
 
 
-def _is_image_file(path: Path) -> bool:
-    from cxrkit.data.readers import sniff_format_quiet
-    from cxrkit.engine.workflow import IMAGE_SUFFIXES
-
-    name = path.name.lower()
-    if name.startswith("."):
-        return False
-    if name.endswith(IMAGE_SUFFIXES):
-        return True
-    return "." not in name and sniff_format_quiet(path) == "dicom"  # DICOM files often have no suffix
-
-
 def collect_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[PredictionFailure]]:
-    """Expand files and folders into the list of image files to predict.
+    """Files and folders -> ``(image files, failures)`` (:func:`cxrkit.data.inputs.find_images`)."""
+    from cxrkit.data.inputs import find_images
 
-    A folder contributes every image file under it (sorted; PNG, JPEG, BMP, TIFF,
-    DICOM with or without ``.dcm``, NIfTI); other files in it are ignored. A
-    file given by name is always tried, whatever its name.
-
-    Args:
-        inputs: files and folders.
-
-    Returns:
-        ``(files, failures)``: the files in order (duplicates removed), and a
-        failure for each path that does not exist or folder without images.
-    """
-    files: list[str] = []
-    failures: list[PredictionFailure] = []
-    seen: set[str] = set()
-
-    def add(name: str) -> None:
-        key = os.path.realpath(name)
-        if key not in seen:
-            seen.add(key)
-            files.append(name)
-
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and _is_image_file(p))
-            if not found:
-                failures.append(PredictionFailure(str(item), "folder without image files (PNG, JPEG, DICOM, NIfTI)"))
-            for p in found:
-                add(str(p))
-        elif path.is_file():
-            add(str(item))
-        else:
-            failures.append(PredictionFailure(str(item), "no such file or folder"))
-    return files, failures
+    files, problems = find_images(inputs)
+    return files, [PredictionFailure(item, reason) for item, reason in problems]
 
 
-def _prepare(model: LoadedModel, file: str) -> torch.Tensor:
-    """The preprocessed ``(C, H, W)`` tensor of ``file``; raises BadImageError for unreadable files."""
-    from cxrkit.data.errors import BadImageError, find_bad_image_error
-
-    try:
-        item = model.preprocessing({"image": file})
-    except BadImageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - MONAI wraps decoder errors in RuntimeError
-        bad = find_bad_image_error(exc)
-        if bad is not None:
-            raise bad from None
-        raise BadImageError(file, f"cannot preprocess the image: {exc}") from exc
-    image = item["image"]
-    image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
-    return image.float()
-
-
-def _cam_name(file: str, used: set[str]) -> str:
-    stem = Path(file).name
-    for suffix in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".bmp", ".tif", ".tiff"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    name, n = f"{stem}_cam.png", 1
-    while name in used:
-        n += 1
-        name = f"{stem}_{n}_cam.png"
-    used.add(name)
-    return name
-
-
-def predict_files(
-    model: LoadedModel,
-    files: Sequence[str | os.PathLike],
-    batch_size: int = 8,
-    cam_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-) -> PredictionResult:
-    """Predict every file (folders are expanded) in batches, with optional Grad-CAM overlays.
+class Predictor:
+    """Predict with a trained model: preprocessing, batched probabilities, Grad-CAM.
 
     Args:
-        model: from :func:`cxrkit.serve.load_model`.
-        files: image files and folders.
-        batch_size: images per forward pass.
-        cam_dir: write ``<name>_cam.png`` overlays here (``None``: no Grad-CAM).
-        progress: show a tqdm progress bar.
+        model: from :func:`cxrkit.serve.load_model` (batch norms already folded).
 
-    Returns:
-        The :class:`PredictionResult`; unreadable files are in ``failures``, not raised.
-
-    Raises:
-        ValueError: ``batch_size`` below 1.
-        cxrkit.serve.gradcam.CAMError: Grad-CAM asked of a model that cannot be hooked (TorchScript).
+    Attributes:
+        model: the :class:`~cxrkit.serve.model.LoadedModel`.
     """
-    from tqdm.auto import tqdm
 
-    from cxrkit.data.errors import BadImageError
-    from cxrkit.data.readers import load_image
-    from cxrkit.serve.gradcam import GradCAMExplainer, cam_to_image, save_cam_overlay
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self._explainer: Any = None
+        self._lock = threading.Lock()  # Grad-CAM keeps activations on the explainer: one map at a time
 
-    if int(batch_size) < 1:
-        raise ValueError(f"--batch_size must be at least 1, got {batch_size}")
-    paths, failures = collect_inputs(files)
-    result = PredictionResult(model=str(model.model_file), classes=list(model.classes), failures=failures)
-    explainer = GradCAMExplainer(model.network) if cam_dir is not None else None
-    used_names: set[str] = set()
-    bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress or not paths, leave=False)
-    try:
-        for start in range(0, len(paths), int(batch_size)):
-            batch_files, tensors = [], []
-            for file in paths[start : start + int(batch_size)]:
-                try:
-                    tensors.append(_prepare(model, file))
-                    batch_files.append(file)
-                except BadImageError as exc:
-                    logger.warning("skipped %s: %s", file, exc.reason)
-                    result.failures.append(PredictionFailure(file, exc.reason))
+    @classmethod
+    def load(cls, source: str | os.PathLike, device: str = "auto", trust: bool = False) -> "Predictor":
+        """The predictor of a run folder, bundle folder or exported ``model.ts`` (see :func:`load_model`)."""
+        from cxrkit.serve.model import load_model
+
+        return cls(load_model(source, device=device, trust=trust))
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names by output index."""
+        return list(self.model.classes)
+
+    def prepare(self, file: str | os.PathLike) -> torch.Tensor:
+        """The preprocessed ``(C, H, W)`` tensor of an image file.
+
+        Raises:
+            cxrkit.data.BadImageError: the file cannot be read as an image.
+        """
+        from cxrkit.data.errors import BadImageError, find_bad_image_error
+
+        try:
+            item = self.model.preprocessing({"image": str(file)})
+        except BadImageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - MONAI wraps decoder errors in RuntimeError
+            bad = find_bad_image_error(exc)
+            if bad is not None:
+                raise bad from None
+            raise BadImageError(str(file), f"cannot preprocess the image: {exc}") from exc
+        image = item["image"]
+        image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+        return image.float()
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, num_classes)`` probabilities of preprocessed ``(B, C, H, W)`` images (CPU, rows sum to 1)."""
+        images = images.as_tensor() if hasattr(images, "as_tensor") else images
+        return self.model.probabilities(images)
+
+    def grad_cam(self, image: torch.Tensor, class_index: int, shape: Sequence[int]) -> np.ndarray:
+        """The Grad-CAM map of one preprocessed ``(C, H, W)`` image for ``class_index``, on the original image.
+
+        Args:
+            image: the preprocessed image.
+            class_index: the class whose evidence is shown (usually the predicted one).
+            shape: the original image's ``(rows, columns)``.
+
+        Returns:
+            ``(rows, columns)`` float32 map in ``[0, 1]`` (1 = strongest evidence).
+
+        Raises:
+            cxrkit.serve.gradcam.CAMError: the network cannot be hooked (TorchScript).
+        """
+        from cxrkit.serve.gradcam import cam_to_image
+
+        image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+        with self._lock:
+            grid = self.explainer(image[None].float(), [int(class_index)])[0]
+        return cam_to_image(grid, self.model.preprocessing, shape)
+
+    @property
+    def explainer(self) -> Any:
+        """The :class:`~cxrkit.serve.gradcam.GradCAMExplainer` of the network (made on first use)."""
+        if self._explainer is None:
+            from cxrkit.serve.gradcam import GradCAMExplainer
+
+            self._explainer = GradCAMExplainer(self.model.network)
+        return self._explainer
+
+    def predict(self, files: Sequence[str | os.PathLike], batch_size: int = 8,
+                cam_dir: str | os.PathLike | None = None, progress: bool = True) -> PredictionResult:
+        """Predict every file (folders are expanded) in batches, with optional Grad-CAM overlays.
+
+        Args:
+            files: image files and folders.
+            batch_size: images per forward pass.
+            cam_dir: write ``<name>_cam.png`` overlays here (``None``: no Grad-CAM).
+            progress: show a tqdm progress bar.
+
+        Returns:
+            The :class:`PredictionResult`; unreadable files are in ``failures``, not raised.
+
+        Raises:
+            ValueError: ``batch_size`` below 1.
+            cxrkit.serve.gradcam.CAMError: Grad-CAM asked of a model that cannot be hooked (TorchScript).
+        """
+        from tqdm.auto import tqdm
+
+        from cxrkit import options
+        from cxrkit.data.errors import BadImageError
+
+        size = options.integer(batch_size, "batch_size", minimum=1)
+        paths, failures = collect_inputs(files)
+        result = PredictionResult(model=str(self.model.model_file), classes=self.classes, failures=failures)
+        if cam_dir is not None:
+            _ = self.explainer  # fail before any work when the network cannot be hooked
+        used_names: set[str] = set()
+        bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress or not paths, leave=False)
+        try:
+            for start in range(0, len(paths), size):
+                batch_files, tensors = [], []
+                for file in paths[start : start + size]:
+                    try:
+                        tensors.append(self.prepare(file))
+                        batch_files.append(file)
+                    except BadImageError as exc:
+                        logger.warning("skipped %s: %s", file, exc.reason)
+                        result.failures.append(PredictionFailure(file, exc.reason))
+                        bar.update(1)
+                if not tensors:
+                    continue
+                images = torch.stack(tensors)
+                probs = self.probabilities(images).numpy()
+                for i, file in enumerate(batch_files):
+                    k = int(probs[i].argmax())
+                    pred = Prediction(file=file, label=self.classes[k], index=k, probability=float(probs[i, k]),
+                                      probabilities={c: float(p) for c, p in zip(self.classes, probs[i])})
+                    if cam_dir is not None:
+                        pred.cam_file = str(self._overlay(file, images[i], pred, Path(cam_dir), used_names))
+                    result.predictions.append(pred)
                     bar.update(1)
-            if not tensors:
-                continue
-            images = torch.stack(tensors)
-            probs = model.probabilities(images).numpy()
-            winners = probs.argmax(axis=1)
-            maps = explainer(images, winners.tolist()) if explainer is not None else None
-            for i, file in enumerate(batch_files):
-                k = int(winners[i])
-                pred = Prediction(
-                    file=file,
-                    label=model.classes[k],
-                    index=k,
-                    probability=float(probs[i, k]),
-                    probabilities={c: float(p) for c, p in zip(model.classes, probs[i])},
-                )
-                if maps is not None:
-                    original = load_image(file)
-                    overlay = cam_to_image(maps[i], model.preprocessing, original.shape)
-                    target = Path(cam_dir) / _cam_name(file, used_names)
-                    title = f"{Path(file).name}: {pred.label} (p = {pred.probability:.3f})"
-                    pred.cam_file = str(save_cam_overlay(original, overlay, target, title))
-                result.predictions.append(pred)
-                bar.update(1)
-    finally:
-        bar.close()
-    order = {f: i for i, f in enumerate(paths)}
-    result.predictions.sort(key=lambda p: order[p.file])
-    return result
+        finally:
+            bar.close()
+        order = {f: i for i, f in enumerate(paths)}
+        result.predictions.sort(key=lambda p: order[p.file])
+        return result
 
+    def _overlay(self, file: str, image: torch.Tensor, pred: Prediction, cam_dir: Path, used: set[str]) -> Path:
+        from cxrkit.data.inputs import image_stem
+        from cxrkit.data.readers import load_image
+        from cxrkit.serve.gradcam import save_cam_overlay
+
+        original = load_image(file)
+        overlay = self.grad_cam(image, pred.index, original.shape)
+        stem = image_stem(Path(file).name)
+        name, n = f"{stem}_cam.png", 1
+        while name in used:
+            n += 1
+            name = f"{stem}_{n}_cam.png"
+        used.add(name)
+        title = f"{Path(file).name}: {pred.label} (p = {pred.probability:.3f})"
+        return save_cam_overlay(original, overlay, cam_dir / name, title)
+
+
+def predict_files(model: LoadedModel, files: Sequence[str | os.PathLike], batch_size: int = 8,
+                  cam_dir: str | os.PathLike | None = None, progress: bool = True) -> PredictionResult:
+    """:meth:`Predictor.predict` of ``model`` (a :class:`~cxrkit.serve.model.LoadedModel`)."""
+    return Predictor(model).predict(files, batch_size=batch_size, cam_dir=cam_dir, progress=progress)

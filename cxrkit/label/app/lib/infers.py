@@ -4,9 +4,9 @@
 (``type=InferType.CLASSIFICATION``, ``add_post_restore=False``, as MONAI Label's
 endoscopy in-body classifier): the preprocessing, inferer and postprocessing
 come from the bundle's ``configs/inference.yaml``, the class names from
-``configs/metadata.json``. The network is loaded by
-:func:`cxrkit.serve.load_model` (``weights_only=True``), so MONAI Label and
-``cxrkit predict`` answer alike.
+``configs/metadata.json``. The probabilities and Grad-CAM come from
+:class:`cxrkit.serve.Predictor` (``weights_only=True``, batch norms folded), the
+predictor of ``cxrkit predict``, so MONAI Label and ``cxrkit predict`` answer alike.
 
 The answer is MONAI Label's classification JSON
 (``{"prediction": [{"idx", "label", "score"}, ...]}``) plus ``predicted``
@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Hashable, Mapping, Sequence, Tuple
 
@@ -33,10 +32,13 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.transform.pre import LoadImageTensord
 
+from cxrkit import options
 from cxrkit.data.errors import find_bad_image_error
-from cxrkit.serve.gradcam import CAMError, GradCAMExplainer, cam_to_image
+from cxrkit.runfolder import RunPaths
+from cxrkit.serve.gradcam import CAMError
 from cxrkit.serve.guard import redact_paths
-from cxrkit.serve.model import LoadedModel, class_names, load_model
+from cxrkit.serve.model import class_names
+from cxrkit.serve.predict import Predictor
 
 __all__ = ["CXRClassificationInfer", "ImageInputError", "ResolveImaged", "RecordShaped"]
 
@@ -49,16 +51,11 @@ CAM_LAYER_KEY = "cxr_cam_layer"
 
 
 class ImageInputError(MONAILabelException):
-    """The request's image cannot be used (unreadable, not a single radiograph); answered with HTTP 422."""
+    """The request cannot be used (an unreadable image, not a single radiograph, a bad parameter value);
+    answered with HTTP 422."""
 
     def __init__(self, msg: str) -> None:
         super().__init__(MONAILabelError.INVALID_INPUT, msg)
-
-
-def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"true", "yes", "on", "1"}
-    return bool(value)
 
 
 class ResolveImaged(MapTransform):
@@ -120,13 +117,10 @@ class CXRClassificationInfer(BundleInferTask):
         )
         if not self.valid:
             return
-        meta_file = Path(path) / "configs" / "metadata.json"
+        self._predictors: dict[str, tuple[Predictor, float]] = {}
+        meta_file = RunPaths.of(path).metadata
         self.classes = class_names(json.loads(meta_file.read_text()), meta_file)
         self.labels = {name: i for i, name in enumerate(self.classes)}  # keep the names' case
-        self._models: dict[str, tuple[LoadedModel, float]] = {}
-        self._explainers: dict[str, GradCAMExplainer] = {}
-        self._preprocessing: Any = None
-        self._cam_lock = threading.Lock()  # GradCAM keeps activations on the explainer: one map at a time
         self._config.pop("model_filename", None)  # the run's best model (models/model.pt) is what is served
         self._config.update({"cam": False})
 
@@ -137,19 +131,18 @@ class CXRClassificationInfer(BundleInferTask):
                        "cam": "pass {\"cam\": true} in the request params for a Grad-CAM label image"}
         return d
 
-    # -- network: cxrkit's loader, weights_only=True --------------------------------------------
-    def _loaded(self, device: str) -> LoadedModel:
-        """The model on ``device``, reloaded when ``models/model.pt`` changes on disk."""
+    # -- the predictor of `cxrkit predict`: cxrkit's loader (weights_only=True), batch norms folded ---------
+    def _predictor(self, device: str) -> Predictor:
+        """The predictor on ``device``, reloaded when ``models/model.pt`` changes on disk."""
         model_file = self.get_path()
         stamp = os.stat(model_file).st_mtime if model_file else 0.0
-        cached = self._models.get(device)
+        cached = self._predictors.get(device)
         if cached is None or cached[1] != stamp:
-            cached = self._models[device] = (load_model(self.bundle_path, device=device), stamp)
-            self._explainers.pop(device, None)
+            cached = self._predictors[device] = (Predictor.load(self.bundle_path, device=device), stamp)
         return cached[0]
 
     def _get_network(self, device: str, data: Any) -> torch.nn.Module:
-        return self._loaded(device).network
+        return self._predictor(device).model.network
 
     # -- pre-processing: the bundle's, with clear errors ---------------------------------------------
     def pre_transforms(self, data: Any = None) -> Sequence[Callable]:
@@ -175,30 +168,30 @@ class CXRClassificationInfer(BundleInferTask):
 
     # -- inference, and Grad-CAM when asked --------------------------------------------------------
     def run_inferer(self, data: Dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> Dict[str, Any]:
-        data = super().run_inferer(data, convert_to_batch=convert_to_batch, device=device)
-        if _flag(data.get("cam")):
-            data[CAM_KEY] = self._grad_cam(data, device)
-        return data
-
-    def _grad_cam(self, data: Dict[str, Any], device: str) -> np.ndarray:
-        loaded = self._loaded(device)
+        """The predictor's probabilities of the preprocessed image (and its Grad-CAM map when asked)."""
+        try:
+            cam = options.flag(data.get("cam"), "cam")
+        except ValueError as exc:
+            raise ImageInputError(f"{exc} (request parameter)") from None
+        predictor = self._predictor(device)
         image = data[self.input_key]
         image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
-        cls = int(torch.as_tensor(data[self.output_label_key]).argmax())
-        with self._cam_lock:
-            explainer = self._explainers.get(device)
-            if explainer is None:
-                try:
-                    explainer = self._explainers[device] = GradCAMExplainer(loaded.network)
-                except CAMError as exc:
-                    reason = redact_paths(str(exc))
-                    raise ImageInputError(f"Grad-CAM is not available for this model: {reason}") from None
-            cam = explainer(image[None].float(), [cls])[0]
-            if self._preprocessing is None:
-                self._preprocessing = self.bundle_config.get_parsed_content("preprocessing", instantiate=True)
-        data[CAM_LAYER_KEY] = explainer.target_layer
-        shape = data.get(SHAPE_KEY) or list(cam.shape)
-        return cam_to_image(cam, self._preprocessing, shape)
+        probs = predictor.probabilities(image[None] if convert_to_batch else image)
+        data[self.output_label_key] = probs[0] if convert_to_batch else probs
+        if cam:
+            cls = int(torch.as_tensor(data[self.output_label_key]).argmax())
+            shape = data.get(SHAPE_KEY) or list(image.shape[-2:])
+            try:
+                data[CAM_KEY] = predictor.grad_cam(image, cls, shape)
+            except CAMError as exc:
+                reason = redact_paths(str(exc))
+                raise ImageInputError(f"Grad-CAM is not available for this model: {reason}") from None
+            data[CAM_LAYER_KEY] = predictor.explainer.target_layer
+        return data
+
+    def post_transforms(self, data: Any = None) -> Sequence[Callable]:
+        """None: the predictor's probabilities already went through the bundle's postprocessing (softmax)."""
+        return []
 
     # -- the answer ----------------------------------------------------------------------------------
     def writer(self, data: Dict[str, Any], extension: Any = None, dtype: Any = None) -> Tuple[Any, Any]:
