@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxrkit import options
+from cxrkit.runfolder import RunPaths
 from cxrkit.report.bootstrap import Interval, bootstrap_intervals
 from cxrkit.report.document import Callout, Document, Figure, Heading, Paragraph, to_markdown
 from cxrkit.report.figures import confusion_figure, curves_figure, roc_figure
@@ -72,8 +74,7 @@ def evaluate_run(run: RunFolder, *, positive: str | int | None = None, bootstrap
     Raises:
         ValueError: ``positive`` names no class, or ``bootstrap`` is negative.
     """
-    if bootstrap < 0:
-        raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
+    bootstrap = options.integer(bootstrap, "bootstrap", minimum=0)
     pos = resolve_positive(run.classes, positive, run.positive_class)
     metrics = compute_metrics(run.y_true, run.y_prob, run.y_pred, run.classes)
     labels = headline_labels(run.classes, pos)
@@ -189,7 +190,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *, boot
         ValueError: ``positive`` names no class, or ``bootstrap`` is negative.
     """
     run = load_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else run.path / "report"
+    out = Path(out_dir) if out_dir is not None else RunPaths(run.path).report
     ev = evaluate_run(run, positive=positive, bootstrap=bootstrap, seed=seed)
     doc = build_report(ev, out)
     return write_document(doc, out, "report")

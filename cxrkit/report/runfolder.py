@@ -1,4 +1,4 @@
-"""Read a finished training run folder (the run-folder contract) for reporting.
+"""Read a finished training run folder for reporting (the files are named by :class:`cxrkit.runfolder.RunPaths`).
 
 A run folder is the unit of record: reports and comparisons read it and
 nothing else. :func:`load_run` reads and validates the files a report needs
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cxrkit.runfolder import RunPaths
 
 __all__ = ["RunFolder", "RunFolderError", "load_run", "resolve_positive"]
 
@@ -258,7 +260,7 @@ def _find_dataset(run_dir: Path, split: dict | None, summary: dict) -> str | Non
         for key in ("dataset", "dataset_name"):
             if isinstance(source.get(key), str):
                 return source[key]
-    train_yaml = run_dir / "configs" / "train.yaml"
+    train_yaml = RunPaths(run_dir).train_config
     if train_yaml.is_file():
         import yaml
 
@@ -288,16 +290,17 @@ def load_run(run_dir: str | Path) -> RunFolder:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFolderError(f"{run_dir}: not a directory. Pass a run folder such as runs/imagenet-20240101-120000.")
-    metrics = _read_metrics(run_dir / "metrics.json")
+    paths = RunPaths(run_dir)
+    metrics = _read_metrics(paths.metrics_json)
     classes = metrics["classes"]
-    images, y_true, y_pred, y_prob = _read_predictions(run_dir / "predictions.csv", len(classes))
+    images, y_true, y_pred, y_prob = _read_predictions(paths.predictions, len(classes))
 
     optional = {
-        "weights.json": run_dir / "weights.json",
-        "summary.json": run_dir / "summary.json",
-        "split.json": run_dir / "split.json",
-        "configs/metadata.json": run_dir / "configs" / "metadata.json",
-        "versions.json": run_dir / "versions.json",
+        "weights.json": paths.weights,
+        "summary.json": paths.summary,
+        "split.json": paths.split,
+        "configs/metadata.json": paths.metadata,
+        "versions.json": paths.versions,
     }
     found: dict[str, Any] = {}
     missing = []

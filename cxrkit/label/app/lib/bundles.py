@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Mapping
 
+from cxrkit.runfolder import RunPaths
+
 __all__ = ["BundleConfigError", "find_bundles", "is_servable", "model_name"]
 
 
@@ -23,11 +25,8 @@ class BundleConfigError(ValueError):
 
 
 def is_servable(folder: Path) -> bool:
-    """Whether ``folder`` holds an inference config, metadata and a trained model."""
-    configs = folder / "configs"
-    has_config = (configs / "inference.yaml").is_file() or (configs / "inference.json").is_file()
-    has_model = (folder / "models" / "model.pt").is_file() or (folder / "models" / "model.ts").is_file()
-    return has_config and has_model and (configs / "metadata.json").is_file()
+    """Whether ``folder`` holds an inference config, metadata and a trained model (:meth:`RunPaths.is_servable`)."""
+    return RunPaths.of(folder).is_servable()
 
 
 def model_name(folder: Path) -> str:
