@@ -1,0 +1,76 @@
+"""cxrkit's Python API: run a bundle, predict images, read a run folder.
+
+These are the functions the ``cxrkit`` command line is a thin layer over, and
+the ones ``cxrkit compare``, the benchmarks, the demo, the MONAI Label app and
+the review page call (each is defined in the module that owns it and
+re-exported here). See ``docs/api.md`` for an example of each.
+
+* run a bundle: :func:`run_bundle` (and :func:`train`, :func:`evaluate`, :func:`infer`),
+  :func:`bundle_workflow`, :func:`user_error`;
+* predict images: :class:`Predictor`, :func:`load_model`, :func:`predict`;
+* read a run folder: :class:`RunPaths` (every file of the layout), :func:`read_run` (what reports use).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from cxrkit.bundle.runner import bundle_workflow, run_bundle, user_error
+from cxrkit.report.runfolder import RunFolder, RunFolderError
+from cxrkit.report.runfolder import load_run as read_run
+from cxrkit.runfolder import RunDirError, RunPaths
+from cxrkit.serve.model import LoadedModel, ModelLoadError, load_model
+from cxrkit.serve.predict import Prediction, PredictionResult, Predictor
+
+__all__ = [
+    "run_bundle",
+    "train",
+    "evaluate",
+    "infer",
+    "bundle_workflow",
+    "user_error",
+    "Predictor",
+    "load_model",
+    "predict",
+    "LoadedModel",
+    "Prediction",
+    "PredictionResult",
+    "ModelLoadError",
+    "RunPaths",
+    "RunDirError",
+    "read_run",
+    "RunFolder",
+    "RunFolderError",
+]
+
+
+def train(bundle: str | os.PathLike, **overrides: Any) -> Path:
+    """Train ``bundle`` (a bundle folder or plugin name); returns the run folder.
+
+    ``overrides`` are config ids and values, as ``cxrkit run training`` takes them
+    (``dataset_dir="data/x", epochs=3``). Resume with ``resume=RUN_DIR``.
+    """
+    return run_bundle("training", bundle, overrides)  # type: ignore[return-value]
+
+
+def evaluate(run_dir: str | os.PathLike, **overrides: Any) -> Path:
+    """Evaluate a run folder's ``models/model.pt`` on a dataset; returns the evaluation folder."""
+    return run_bundle("evaluate", run_dir, overrides)  # type: ignore[return-value]
+
+
+def infer(run_dir: str | os.PathLike, input: str | os.PathLike, **overrides: Any) -> Path:  # noqa: A002
+    """The bundle's inference config on an image file or folder; returns the predictions CSV."""
+    return run_bundle("inference", run_dir, {"input": str(input), **overrides})  # type: ignore[return-value]
+
+
+def predict(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, batch_size: int = 8,
+            cam_dir: str | os.PathLike | None = None, device: str = "auto", trust: bool = False,
+            progress: bool = False) -> PredictionResult:
+    """Class probabilities for image files and folders with a run folder, bundle or ``model.ts``.
+
+    The same as ``cxrkit predict`` (:meth:`Predictor.predict`); ``cam_dir`` writes Grad-CAM overlays.
+    """
+    predictor = Predictor.load(model, device=device, trust=trust)
+    return predictor.predict(inputs, batch_size=batch_size, cam_dir=cam_dir, progress=progress)
