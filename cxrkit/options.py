@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 __all__ = [
@@ -290,27 +291,23 @@ def _device_type(value: str) -> str:
 
 _device_type.reader = (device_name, ())  # type: ignore[attr-defined]
 
-#: the options that mean the same in every command: name -> (add_option keyword arguments, old spellings).
-COMMON: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
-    "dataset_dir": ({"metavar": "DIR", "help": "the dataset folder"}, ("--root",)),
-    "output_dir": ({"metavar": "DIR", "help": "the output folder"}, ("--out", "--output", "--dir")),
-    "output_file": ({"metavar": "FILE", "help": "the file to write"}, ("--out",)),
-    "device": ({"type": _device_type, "default": "auto", "metavar": "DEVICE",
-                "help": "auto (default: CUDA when available), cpu, cuda or cuda:N"}, ()),
-    "no_progress": ({"dest": "progress", "action": "store_false", "help": "no progress bars"}, ()),
-    "trust_weights": ({"action": "store_true",
-                       "help": "allow full unpickling of the file (it can run code: only files you trust)"},
-                      ("--trust",)),
-    "positive_class": ({"default": None, "metavar": "CLASS", "help": "positive class name or index"},
-                       ("--positive",)),
-    "image_size": ({"type": arg_type(integer, minimum=1), "metavar": "PX", "help": "network input size in pixels"},
-                   ()),
-    "batch_size": ({"type": arg_type(integer, minimum=1), "metavar": "N", "help": "images per batch"}, ()),
-    "epochs": ({"type": arg_type(integer, minimum=1), "metavar": "N", "help": "training epochs"}, ()),
-    "seed": ({"type": int, "default": 0, "metavar": "S", "help": "random seed (default: 0)"}, ()),
-    "bootstrap": ({"type": arg_type(integer, minimum=0), "default": 1000, "metavar": "N",
-                   "help": "bootstrap resamples of the 95%% confidence intervals; 0 switches them off "
-                           "(default: 1000)"}, ()),
+#: the options that mean the same in every command: name -> ``add_argument`` keyword arguments.
+COMMON: dict[str, dict[str, Any]] = {
+    "dataset_dir": {"type": Path, "metavar": "DIR", "help": "the dataset folder"},
+    "output_dir": {"type": Path, "metavar": "DIR", "help": "the output folder"},
+    "output_file": {"type": Path, "metavar": "FILE", "help": "the file to write"},
+    "device": {"type": _device_type, "default": "auto", "metavar": "DEVICE",
+               "help": "auto (default: CUDA when available), cpu, cuda or cuda:N"},
+    "no_progress": {"dest": "progress", "action": "store_false", "help": "no progress bars"},
+    "trust_weights": {"action": "store_true",
+                      "help": "allow full unpickling of the file (it can run code: only files you trust)"},
+    "positive_class": {"default": None, "metavar": "CLASS", "help": "positive class name or index"},
+    "image_size": {"type": arg_type(integer, minimum=1), "metavar": "PX", "help": "network input size in pixels"},
+    "batch_size": {"type": arg_type(integer, minimum=1), "metavar": "N", "help": "images per batch"},
+    "epochs": {"type": arg_type(integer, minimum=1), "metavar": "N", "help": "training epochs"},
+    "seed": {"type": int, "default": 0, "metavar": "S", "help": "random seed (default: 0)"},
+    "bootstrap": {"type": int, "default": 1000, "metavar": "N",
+                  "help": "bootstrap resamples of the 95%% confidence intervals; 0 switches them off (default: 1000)"},
 }
 
 
@@ -320,12 +317,11 @@ def add_common(parser: argparse.ArgumentParser, name: str, *legacy: str, **overr
     Args:
         parser: the (sub)parser.
         name: a key of :data:`COMMON`.
-        legacy: old spellings of this command (default: the common ones that this command used).
+        legacy: old spellings this command accepted (``--root``, ``--out``...), still accepted.
         overrides: ``add_argument`` arguments that differ here (``help``, ``default``, ``required``);
             ``type`` and ``action`` stay the common ones.
     """
-    kwargs, _ = COMMON[name]
-    kwargs = dict(kwargs)
+    kwargs = dict(COMMON[name])
     if {"type", "action"} & set(overrides):
         raise ValueError(f"--{name} has the same type and action in every command")
     kwargs.update(overrides)
@@ -333,12 +329,21 @@ def add_common(parser: argparse.ArgumentParser, name: str, *legacy: str, **overr
 
 
 class CommandFormatter(argparse.RawDescriptionHelpFormatter):
-    """Help that shows an option under its config spelling only (not its hyphenated twin or old names)."""
+    """Help that shows options under their config spelling only (not the hyphenated twin or old names).
+
+    A description or epilog without line breaks is wrapped; one with line breaks (examples) is kept as written.
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
-        if not action.option_strings:
+        hidden = set(getattr(action, "legacy", ()))
+        shown = [s for s in action.option_strings if s not in hidden and not (s.startswith("--") and "-" in s[2:])]
+        if not action.option_strings or not shown:
             return super()._format_action_invocation(action)
-        name = action.option_strings[0]
         if action.nargs == 0:
-            return name
-        return f"{name} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
+            return ", ".join(shown)
+        return f"{', '.join(shown)} {self._format_args(action, self._get_default_metavar_for_optional(action))}"

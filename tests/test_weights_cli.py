@@ -64,7 +64,7 @@ def test_check_hash_mismatch_is_a_warning_unless_strict(scratch, store, capsys):
         assert "hash      MISMATCH (published: sha256" in captured.out
         assert "warning:" in captured.err and "hash mismatch for plugin 'test_hashed'" in captured.err
         assert main(["weights", "check", "test_hashed", str(path), "--strict-hash"]) == 1
-        assert "FAILED (hash mismatch, --strict-hash)" in capsys.readouterr().out
+        assert "FAILED (hash mismatch, --strict_hash)" in capsys.readouterr().out
     finally:
         weights.unregister("test_hashed")
 

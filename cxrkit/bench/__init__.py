@@ -1,7 +1,8 @@
 """Speed benchmark: cxrkit's bundle trainer against a plain PyTorch loop, data waiting, inference, linear probe.
 
-Run ``python -m cxrkit.bench --output DIR``; see :mod:`cxrkit.bench.__main__`
-for the options and ``docs/performance.md`` for measured figures and targets.
+Run ``cxrkit bench --output_dir DIR`` (or ``python -m cxrkit.bench``); see
+:mod:`cxrkit.bench.suite` for the options and ``docs/performance.md`` for
+measured figures and targets.
 The measurements are in :mod:`cxrkit.bench.training` and
 :mod:`cxrkit.bench.inference_speed`; :mod:`cxrkit.bench.report` checks the
 targets and writes ``benchmark.json`` and ``benchmark.md``.

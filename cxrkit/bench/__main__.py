@@ -1,143 +1,33 @@
-"""``python -m cxrkit.bench``: measure training, data loading and inference speed; check the targets.
-
-Writes ``benchmark.json`` and ``benchmark.md`` into ``--output`` and prints the
-Markdown table and a line ``trainer/plain ratio: X.XX``. The defaults finish in
-a few minutes on a 2-core CPU; the targets are checked here, never by timed tests.
-
-Example::
-
-    python -m cxrkit.bench --output bench-out --image_size 128 --batch_size 16 --steps 10
-"""
+"""``python -m cxrkit.bench``: the same benchmark as ``cxrkit bench`` (see :mod:`cxrkit.bench.suite`)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import platform
 import sys
-import tempfile
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-__all__ = ["build_parser", "run_benchmark", "main"]
+from cxrkit.bench.suite import add_arguments, benchmark
 
-logger = logging.getLogger("cxrkit.bench")
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m cxrkit.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--output", default="bench-out", help="folder for benchmark.json and benchmark.md")
-    p.add_argument("--bundle", default="random",
-                   help="bundle folder or plugin name (its network; weights are random when the file is absent)")
-    p.add_argument("--image_size", type=int, default=128, help="training image size in pixels")
-    p.add_argument("--batch_size", type=int, default=16, help="images per training step")
-    p.add_argument("--steps", type=int, default=10, help="timed training steps per loop")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing (per loop and round)")
-    p.add_argument("--rounds", type=int, default=2,
-                   help="alternate trainer and plain loop this many times (evens out load changes)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--inference_size", type=int, default=224, help="image size of the inference measurement")
-    p.add_argument("--inference_repeats", type=int, default=4, help="timed forward passes per batch size")
-    p.add_argument("--skip", nargs="*", default=[], choices=["data_wait", "inference", "linear_probe"],
-                   help="leave out these measurements")
-    p.add_argument("--workdir", default=None, help="where the synthetic dataset and run go (default: a temp folder)")
-    return p
+    """The options of ``cxrkit bench``, as a stand-alone parser."""
+    from cxrkit.options import CommandFormatter
 
-
-def _check(args: argparse.Namespace) -> None:
-    for name in ("image_size", "batch_size", "steps", "rounds", "inference_size", "inference_repeats"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.warmup < 0:
-        raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
-    if args.batch_size < 2:
-        raise ValueError("--batch_size must be >= 2 (batch norm cannot train on one image)")
-
-
-def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Run every measurement; returns the results (without the target checks)."""
-    import torch
-
-    from cxrkit.bench.inference_speed import inference_speed
-    from cxrkit.bench.timing import best_round, pooled
-    from cxrkit.bench.training import bundle_trainer, data_wait, make_bench_dataset, plain_loop, probe_vs_finetune
-    from cxrkit.bundle import find_bundle
-
-    bundle = find_bundle(args.bundle)
-    n_train = (args.warmup + args.steps) * args.batch_size
-    dataset = make_bench_dataset(workdir / "data", n_train, args.image_size)
-    logger.info("bundle trainer: %d + %d steps of %d images at %d px", args.warmup, args.steps, args.batch_size,
-                args.image_size)
-    run = bundle_trainer(bundle, dataset, workdir / "run", image_size=args.image_size, batch_size=args.batch_size,
-                         steps=args.steps, warmup=args.warmup, device=args.device)
-    plain_rounds: list[tuple[list, list]] = []
-    for round_ in range(args.rounds):
-        if round_:
-            logger.info("round %d: bundle trainer, one more epoch", round_ + 1)
-            run.next_epoch()
-        logger.info("round %d: plain PyTorch loop on the same network, optimiser, loss and loader", round_ + 1)
-        plain_rounds.append(([], []))
-        plain_loop(run.network, run.optimizer, run.loss_function, run.loader, steps=args.steps, warmup=args.warmup,
-                   device=run.device, amp_kwargs=run.amp_kwargs, record=plain_rounds[-1])
-    trainer, plain = run.trainer_stats, best_round(plain_rounds, args.batch_size)
-    network = run.network
-    results: dict[str, Any] = {
-        "settings": {
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
-                       + (torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "no GPU"),
-            "device": str(run.device), "device_type": run.device.type, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "plugin": network.weights_info.get("plugin"),
-            "architecture": network.weights_info.get("architecture"), "image_size": args.image_size,
-            "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-            "amp": str(run.amp_kwargs.get("dtype", "off")), "inference_size": args.inference_size,
-        },
-        "training": {
-            "trainer": trainer.to_dict(), "plain": plain.to_dict(),
-            "trainer_over_plain": round(trainer.images_per_s / plain.images_per_s, 4),
-            "all_rounds": {"trainer": run.timer.stats(args.batch_size).to_dict(),
-                           "plain": pooled(plain_rounds, args.batch_size).to_dict()},
-        },
-    }
-    if "data_wait" not in args.skip:
-        logger.info("data waiting: uncached vs cached loader")
-        waits = data_wait(run, steps=args.steps, warmup=args.warmup)
-        results["data_wait"] = {k: v.to_dict() for k, v in waits.items()}
-    if "linear_probe" not in args.skip:
-        logger.info("linear probe vs fine-tuning epoch")
-        results["linear_probe"] = probe_vs_finetune(run)
-    if "inference" not in args.skip:
-        logger.info("inference at %d px, batch 1 and 16", args.inference_size)
-        results["inference"] = inference_speed(network, args.inference_size, in_channels=network.in_channels,
-                                               repeats=args.inference_repeats, device=run.device,
-                                               amp_kwargs=run.amp_kwargs)
-    run.close()
-    return results
+    parser = argparse.ArgumentParser(prog="python -m cxrkit.bench", formatter_class=CommandFormatter,
+                                     description="Measure training, data loading and inference speed; check the "
+                                                 "targets (same as `cxrkit bench`).")
+    return add_arguments(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cxrkit.bench.report import markdown, write_report
-
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    """Run the benchmark; a bad option is a usage message and exit code 2."""
     try:
-        _check(args)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.workdir:
-        workdir = Path(args.workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        results = run_benchmark(args, workdir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="cxrkit-bench-") as tmp:
-            results = run_benchmark(args, Path(tmp))
-    json_path, md_path = write_report(results, args.output)
-    print(markdown(results))
-    print(f"wrote {json_path} and {md_path}")
-    print(f"trainer/plain ratio: {results['training']['trainer_over_plain']:.2f}")
-    return 0
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a bad option (2)
+        return int(exc.code or 0)
+    return benchmark(args)
 
 
 if __name__ == "__main__":

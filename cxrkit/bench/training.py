@@ -1,9 +1,9 @@
 """Training speed: the bundle trainer against a plain PyTorch loop, data waiting, linear probe vs fine-tuning.
 
 :func:`bundle_trainer` builds the real ``SupervisedTrainer`` from a bundle's
-``configs/train.yaml`` exactly as ``cxrkit run training`` does (MONAI's
-``create_workflow`` -> ``initialize`` -> ``run`` -> ``finalize``, which is what
-:func:`monai.bundle.run` calls), on a synthetic on-disk dataset in the COVID-19
+``configs/train.yaml`` exactly as ``cxrkit run training`` does
+(:func:`cxrkit.bundle.runner.bundle_workflow`: MONAI's ``create_workflow`` ->
+``initialize`` -> ``run`` -> ``finalize``), on a synthetic on-disk dataset in the COVID-19
 Radiography layout (:func:`cxrkit.demo.make_synthetic_dataset`), and times its
 steps with :class:`~cxrkit.bench.timing.StepTimer`. :func:`plain_loop` then
 trains the SAME network, optimiser, loss function and data loader with a
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -95,9 +94,8 @@ def bundle_trainer(bundle: Path, dataset_dir: Path, output_dir: Path, *, image_s
     Returns:
         The timings and the run's objects.
     """
-    from monai.bundle.scripts import create_workflow
-
     from cxrkit.bench.timing import StepTimer
+    from cxrkit.bundle.runner import bundle_workflow
     from cxrkit.engine.hardware import amp_kwargs
 
     overrides: dict[str, Any] = {
@@ -108,13 +106,7 @@ def bundle_trainer(bundle: Path, dataset_dir: Path, output_dir: Path, *, image_s
         "train#trainer#epoch_length": int(warmup + steps),
     }
     overrides.update(plugin_overrides or {})
-    with warnings.catch_warnings():
-        # MONAI warns that configs run code; this is cxrkit's own bundle (as in `cxrkit run`)
-        warnings.filterwarnings("ignore", message="parsing config_file")
-        workflow = create_workflow(
-            config_file=str(bundle / "configs" / "train.yaml"), meta_file=str(bundle / "configs" / "metadata.json"),
-            run_id="training", **overrides,
-        )
+    workflow = bundle_workflow("training", bundle, overrides)
     parser = workflow.parser
     trainer = parser.get_parsed_content("train#trainer")
     timer = StepTimer(warmup=warmup)
@@ -210,48 +202,38 @@ def data_wait(run: BundleRun, *, steps: int, warmup: int, workers: int = 0) -> d
 
 
 def probe_vs_finetune(run: BundleRun, *, epochs: int = 3) -> dict[str, float]:
-    """Epoch time of a linear probe (head only, on precomputed features) vs fine-tuning the whole network.
+    """Epoch time of a linear probe (head only, on cached features) vs fine-tuning the whole network.
 
-    The features of the run's training images are computed once with the frozen
-    backbone (timed as ``feature_extraction_s``); a linear head then trains on
-    them with Adam in mini-batches of the run's batch size. The fine-tuning epoch
-    is the bundle trainer's measured median step times the number of batches.
+    The probe is the real one: the run's bundle trained with ``mode: linear_probe``
+    (:func:`cxrkit.experiment.linear_probe.run_linear_probe`) on the run's own split,
+    its features computed once (``feature_extraction_s``); its epoch time is the
+    median ``time_s`` of its ``metrics.json``. The fine-tuning epoch is the bundle
+    trainer's measured median step times the number of batches.
     """
-    from cxrkit.engine.loaders import make_dataset, make_loader
+    import json
+    import statistics
+
+    from cxrkit.experiment.linear_probe import run_linear_probe
 
     parser = run.workflow.parser
+    paths = parser.get_parsed_content("run_paths")
     data = parser.get_parsed_content("data")
-    transform = parser.get_parsed_content("validate#preprocessing")
     batch_size = int(parser.get_parsed_content("batch_size"))
-    loader = make_loader(make_dataset(data.train, transform, cache=False), batch_size=batch_size)
-    backbone = getattr(run.network, "backbone", run.network)
-    backbone.eval()
-    start = time.perf_counter()
-    features, labels = [], []
-    with torch.inference_mode():
-        for batch in loader:
-            features.append(backbone(_tensor(batch["image"], run.device)).flatten(1).float().cpu())
-            labels.append(torch.as_tensor(batch["label"]).reshape(-1).long())
-    extraction_s = time.perf_counter() - start
-    x, y = torch.cat(features), torch.cat(labels)
-    head = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
-    optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
-    epoch_times = []
-    for epoch in range(epochs):
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch))
-        start = time.perf_counter()
-        for i in range(0, len(x), batch_size):
-            idx = order[i:i + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(head(x[idx]), y[idx]).backward()
-            optimizer.step()
-        epoch_times.append(time.perf_counter() - start)
-    n_batches = -(-len(x) // batch_size)
-    probe_epoch = sorted(epoch_times)[len(epoch_times) // 2]
+    overrides = {name: parser.get_parsed_content(name) for name in ("dataset", "device", "image_size", "seed")}
+    overrides.update(
+        dataset_dir=data.root, split_manifest=str(paths.split), batch_size=batch_size, epochs=int(epochs),
+        output_dir=str(paths.root.parent / "linear_probe"), feature_cache=str(paths.root.parent / "features"),
+        allow_missing_weights=True, progress=False, tensorboard_images=0,
+    )
+    probe = run_linear_probe(str(parser.get_parsed_content("plugin")), overrides,
+                             parser.get_parsed_content("bundle_root"))
+    rows = json.loads(type(paths).of(probe.run_dir).metrics_json.read_text())["epochs"]
+    probe_epoch = statistics.median(float(r["time_s"]) for r in rows)
+    n_batches = -(-len(data.train) // batch_size)
     finetune_epoch = run.trainer_stats.median_step_s * n_batches
     return {
-        "train_images": int(len(x)),
-        "feature_extraction_s": round(extraction_s, 4),
+        "train_images": len(data.train),
+        "feature_extraction_s": round(probe.feature_time_s, 4),
         "probe_epoch_s": round(probe_epoch, 6),
         "finetune_epoch_s": round(finetune_epoch, 4),
         "finetune_over_probe": round(finetune_epoch / probe_epoch, 1) if probe_epoch > 0 else float("inf"),

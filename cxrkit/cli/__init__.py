@@ -6,6 +6,13 @@ the parsed namespace, returning an exit code). Adding a subcommand is one new
 module plus one line in :data:`COMMANDS`. Modules import heavy libraries inside
 their ``func`` so ``cxrkit --help`` stays fast.
 
+Options follow one vocabulary (:mod:`cxrkit.options`): ``--words_with_underscores``
+as the config ids, each also accepted with hyphens, declared with
+:func:`cxrkit.options.add_option` / :func:`cxrkit.options.add_common`.
+The CLI is a thin layer: every command calls the Python API (:mod:`cxrkit.api`)
+or the library module that owns the work; nothing outside ``cxrkit.cli``
+imports from it.
+
 A subcommand that accepts free-form overrides (``--any#config#key value``) sets
 ``accepts_overrides=True`` as a parser default; the unparsed arguments are then
 passed on as ``args.overrides``.
@@ -38,6 +45,7 @@ COMMANDS: dict[str, str] = {
     "export": "cxrkit.cli.export_cmd",
     "label": "cxrkit.cli.label_cmd",
     "review": "cxrkit.cli.review_cmd",
+    "bench": "cxrkit.cli.bench_cmd",
 }
 
 

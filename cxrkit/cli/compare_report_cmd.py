@@ -1,4 +1,4 @@
-"""``cxrkit compare-report RUN_DIR... --out DIR``: one comparison report across run folders."""
+"""``cxrkit compare-report RUN_DIR... --output_dir DIR``: one comparison report across run folders."""
 
 from __future__ import annotations
 
@@ -14,21 +14,23 @@ def _skip(text: str) -> tuple[str, str]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from cxrkit.options import CommandFormatter, add_common, add_option
+
     p = sub.add_parser(
         "compare-report",
         help="compare run folders trained on the same split (or k folds) in one report",
         description="Rank weight sources by validation accuracy (then macro F1) with 95%% bootstrap CIs: "
         "Table 5 and Table 6 across sources, combined loss/accuracy curves, confusion matrices, per-fold "
         "mean ± std for k-fold groups (same plugin, different folds). Warns when split manifests differ.",
+        formatter_class=CommandFormatter,
     )
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run folders to compare")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                   help="bootstrap resamples (0: none; default 1000)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="bootstrap seed (default: 0)")
-    p.add_argument("--positive", default=None, metavar="CLASS", help="positive class name or index")
-    p.add_argument("--skipped", type=_skip, action="append", default=[], metavar="PLUGIN=REASON",
-                   help="a source that was not trained and why (repeatable); listed in the report")
+    add_common(p, "output_dir", "--out", required=True, help="the report's folder")
+    add_common(p, "bootstrap")
+    add_common(p, "seed", help="bootstrap seed (default: 0)")
+    add_common(p, "positive_class", "--positive")
+    add_option(p, "--skipped", type=_skip, action="append", default=[], metavar="PLUGIN=REASON",
+               help="a source that was not trained and why (repeatable); listed in the report")
     p.set_defaults(func=run)
 
 
@@ -39,14 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from cxrkit.report.compare import SplitMismatchWarning, write_comparison
     from cxrkit.report.runfolder import RunFolderError
 
-    if args.bootstrap < 0:
-        raise CLIError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     with warnings.catch_warnings():
         # a split mismatch is also logged at WARNING level (shown by default) and boxed in the report
         warnings.simplefilter("ignore", SplitMismatchWarning)
         try:
-            md = write_comparison(args.run_dirs, args.out, bootstrap=args.bootstrap, seed=args.seed,
-                                  skipped=dict(args.skipped) or None, positive=args.positive)
+            md = write_comparison(args.run_dirs, args.output_dir, bootstrap=args.bootstrap, seed=args.seed,
+                                  skipped=dict(args.skipped) or None, positive=args.positive_class)
         except (RunFolderError, ValueError) as exc:
             raise CLIError(str(exc)) from None
     print(f"wrote {md}")

@@ -1,10 +1,12 @@
 """``cxrkit data check|tasks``: what a dataset folder holds, whether it reads, and whether a split leaks.
 
-``cxrkit data check DATASET ROOT`` loads the dataset for a task, checks every
-image, makes the split the training would make, and prints counts per class
-and split, left-out and unreadable files, and the leakage audit. It exits with
-1 when an image is unreadable or the split leaks. Adapter options are given as
-``--name value`` (e.g. ``--views PA,AP`` for cohen, ``--label_column dx`` for csv).
+``cxrkit data check --dataset NAME --dataset_dir DIR`` loads the dataset for a
+task, checks every image, makes the split the training would make, and prints
+counts per class and split, left-out and unreadable files, and the leakage
+audit. It exits with 1 when an image is unreadable or the split leaks. Adapter
+options are given as ``--name value`` (e.g. ``--views PA,AP`` for cohen,
+``--label_column dx`` for csv). The older form ``cxrkit data check DATASET ROOT``
+still works.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ _SHOW = 5  # file names shown per reason
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from cxrkit.options import CommandFormatter, add_common, add_option, arg_type, integer, number
+
     p = sub.add_parser("data", help="inspect datasets: tasks, counts, unreadable files, split leakage")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION")
     dsub.required = True
@@ -25,21 +29,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c = dsub.add_parser(
         "check",
         help="count, read-check and split a dataset folder",
-        description="Load DATASET from ROOT, check every image, split it and audit the split for leakage. "
-        "Extra --name value arguments are passed to the adapter as options (see 'cxrkit data tasks').",
+        usage="cxrkit data check [--dataset NAME] --dataset_dir DIR [options] [--ADAPTER_OPTION VALUE ...]",
+        description="Load the dataset, check every image, split it and audit the split for leakage. Extra "
+        "--name value arguments are passed to the adapter as options (see 'cxrkit data tasks'). The older form "
+        "'cxrkit data check DATASET ROOT' still works.",
+        formatter_class=CommandFormatter,
     )
-    c.add_argument("dataset", help="dataset adapter: radiography, coronahack, cohen, folder, csv, or a plugin's")
-    c.add_argument("root", help="the dataset folder (the CSV file for 'csv')")
-    c.add_argument("--task", help="task (default: the adapter's default task)")
-    c.add_argument("--allow_missing", action="store_true", help="leave out metadata rows whose image is missing")
-    c.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    c.add_argument("--val_fraction", type=float, default=0.2, help="validation share (default 0.2)")
-    c.add_argument("--folds", type=int, help="k-fold cross-validation instead of a hold-out split")
-    c.add_argument("--fold", type=int, default=0, help="validation fold with --folds (default 0)")
-    c.add_argument("--use_predefined", action="store_true", help="use the dataset's own train/test split")
-    c.add_argument("--save_split", metavar="JSON", help="write the split manifest here")
-    c.add_argument("--workers", type=int, help="threads for the image check")
-    c.add_argument("--no_progress", action="store_true", help="no progress bar")
+    add_option(c, "--dataset", default=None,
+               help="dataset adapter: radiography (default), coronahack, cohen, folder, csv, or a plugin's")
+    add_common(c, "dataset_dir", help="the dataset folder (the CSV file for 'csv')")
+    add_option(c, "--task", help="task (default: the adapter's default task)")
+    add_option(c, "--allow_missing", action="store_true", help="leave out metadata rows whose image is missing")
+    add_common(c, "seed", help="split seed (default 0)")
+    add_option(c, "--val_fraction", type=arg_type(number, minimum=0.0, maximum=1.0), default=0.2, metavar="F",
+               help="validation share (default 0.2)")
+    add_option(c, "--folds", type=arg_type(integer, minimum=1), metavar="K",
+               help="k-fold cross-validation instead of a hold-out split")
+    add_option(c, "--fold", type=arg_type(integer, minimum=0), default=0, metavar="K",
+               help="validation fold with --folds (default 0)")
+    add_option(c, "--use_predefined", action="store_true", help="use the dataset's own train/test split")
+    add_option(c, "--save_split", metavar="JSON", help="write the split manifest here")
+    add_option(c, "--workers", type=arg_type(integer, minimum=1), metavar="N", help="threads for the image check")
+    add_common(c, "no_progress")
     c.set_defaults(func=run_check, accepts_overrides=True)
 
     t = dsub.add_parser("tasks", help="list the tasks and options of the dataset adapters")
@@ -47,33 +58,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=run_tasks)
 
 
-def parse_options(overrides: list[str]) -> dict:
-    """``["--views", "PA,AP", "--balance", "false"]`` -> ``{"views": "PA,AP", "balance": False}``."""
-    import yaml
-
+def _dataset_and_options(args: argparse.Namespace) -> tuple[str, str, dict]:
+    """``(dataset, dataset folder, adapter options)``; leading bare words are the old ``DATASET ROOT`` form."""
     from cxrkit.cli import CLIError
+    from cxrkit.options import parse_overrides
 
-    options, key = {}, None
-    for token in overrides:
-        if token.startswith("--"):
-            if key is not None:
-                options[key] = True
-            key = token[2:].replace("-", "_")
-            if "=" in key:
-                key, value = key.split("=", 1)
-                options[key], key = value, None
-        elif key is None:
-            raise CLIError(f"unexpected argument {token!r}; adapter options are --name value")
-        else:
-            try:
-                value = yaml.safe_load(token)
-            except yaml.YAMLError:
-                value = token
-            options[key] = value if isinstance(value, (bool, int, float)) else token
-            key = None
-    if key is not None:
-        options[key] = True
-    return options
+    tokens = list(args.overrides)
+    legacy = []
+    while tokens and not tokens[0].startswith("--") and len(legacy) < 2:
+        legacy.append(tokens.pop(0))
+    dataset = args.dataset or (legacy[0] if legacy else "radiography")
+    root = args.dataset_dir or (legacy[1] if len(legacy) > 1 else None)
+    if (args.dataset and legacy) or (args.dataset_dir and len(legacy) > 1):
+        raise CLIError("give the dataset as --dataset NAME --dataset_dir DIR or as DATASET ROOT, not both", code=2)
+    if root is None:
+        raise CLIError("the dataset folder is required: --dataset_dir DIR", code=2)
+    try:
+        return dataset, root, parse_overrides(tokens)
+    except ValueError as exc:
+        raise CLIError(f"{exc}; adapter options are --name value", code=2) from None
 
 
 def _print_excluded(spec) -> None:
@@ -94,18 +97,18 @@ def run_check(args: argparse.Namespace) -> int:
     from cxrkit.data.split import make_split
     from cxrkit.registry import RegistryError
 
-    options = parse_options(args.overrides)
+    dataset, root, options = _dataset_and_options(args)
     if args.allow_missing:
         options["allow_missing"] = True
     try:
-        spec = load_dataset(args.dataset, args.root, args.task, **options)
+        spec = load_dataset(dataset, root, args.task, **options)
     except (DatasetError, RegistryError) as exc:
         raise CLIError(str(exc)) from None
     print(f"dataset {spec.name}, task {spec.task}, root {spec.root}")
     print(f"classes: {', '.join(spec.classes)}")
     _print_excluded(spec)
 
-    checked = check_images(spec.items, skip_bad=True, progress=not args.no_progress, workers=args.workers)
+    checked = check_images(spec.items, skip_bad=True, progress=args.progress, workers=args.workers)
     if checked.bad:
         print(f"unreadable images: {len(checked.bad)}")
         for path, reason in checked.bad:

@@ -33,11 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cxrkit.api import RunPaths, user_error
     from cxrkit.bundle import BundleNotFoundError
-    from cxrkit.bundle.runner import user_error
     from cxrkit.cli import CLIError
     from cxrkit.demo import run_demo, weights_available
-    from cxrkit.runfolder import RunPaths
     from cxrkit.weights import get_source
 
     source = get_source(args.plugin)

@@ -7,6 +7,8 @@ import shlex
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from cxrkit.options import CommandFormatter, add_common, add_option
+
     p = sub.add_parser(
         "export",
         help="export a run's trained network to TorchScript (models/model.ts) with MONAI's ckpt_export",
@@ -18,17 +20,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
         epilog="example:\n  cxrkit export runs/inat_swav-20240101-120000\n"
                "  cxrkit predict runs/inat_swav-20240101-120000/models/model.ts xray.png",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=CommandFormatter,
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a trained run folder (runs/<plugin>-<timestamp>)")
-    p.add_argument("--out", default=None, metavar="FILE", help="TorchScript file (default: RUN_DIR/models/model.ts)")
+    add_common(p, "output_file", "--out", default=None, help="the TorchScript file (default: RUN_DIR/models/model.ts)")
     how = p.add_mutually_exclusive_group()
-    how.add_argument("--trace", dest="use_trace", action="store_const", const=True, default=None,
-                     help="use torch.jit.trace on an input of the metadata's shape")
-    how.add_argument("--script", dest="use_trace", action="store_const", const=False,
-                     help="use torch.jit.script only (no fallback to tracing)")
-    p.add_argument("--no-check", dest="check", action="store_false",
-                   help="do not compare the exported module with model.pt")
+    add_option(how, "--trace", dest="use_trace", action="store_const", const=True, default=None,
+               help="use torch.jit.trace on an input of the metadata's shape")
+    add_option(how, "--script", dest="use_trace", action="store_const", const=False,
+               help="use torch.jit.script only (no fallback to tracing)")
+    add_option(p, "--no_check", dest="check", action="store_false",
+               help="do not compare the exported module with model.pt")
     p.set_defaults(func=run)
 
 
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from cxrkit.serve.model import ModelLoadError
 
     try:
-        result = export_torchscript(args.run_dir, args.out, use_trace=args.use_trace, check=args.check)
+        result = export_torchscript(args.run_dir, args.output_file, use_trace=args.use_trace, check=args.check)
     except (ModelLoadError, ExportError) as exc:
         raise CLIError(str(exc)) from None
     print(f"wrote {result.path} (torch.jit.{result.method})")

@@ -7,6 +7,8 @@ import shlex
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from cxrkit.options import CommandFormatter, add_option, arg_type, integer
+
     p = sub.add_parser(
         "label",
         help="serve trained runs with MONAI Label (needs the label extra)",
@@ -26,22 +28,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "examples:\n  cxrkit label serve runs/inat_swav-20240101-120000 --studies /data/xrays\n"
             "  curl -X POST 'http://127.0.0.1:8000/infer/inat_swav-20240101-120000?image=patient_scan&output=json'"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=CommandFormatter,
     )
     s.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="trained run folders to serve")
-    s.add_argument("--studies", required=True, help="folder of radiographs, or a DICOMweb URL")
-    s.add_argument("--host", default="127.0.0.1",
-                   help="interface to listen on (default: 127.0.0.1, this machine only; another needs --allow_remote)")
-    s.add_argument("--allow_remote", "--allow-remote", dest="allow_remote", action="store_true",
-                   help="allow a --host other computers can reach (prints what that exposes; use --token)")
-    s.add_argument("--token", default=None,
-                   help="bearer token every request must carry (default $CXRKIT_LABEL_TOKEN; `cxrkit review` "
-                   "sends the same variable)")
-    s.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
-    s.add_argument("--app-dir", "--app_dir", dest="app_dir", default=None, metavar="DIR",
-                   help="working copy of the app (default: $CXRKIT_LABEL_APP_DIR or ~/.cache/cxrkit/label-app)")
-    s.add_argument("--dry-run", dest="dry_run", action="store_true",
-                   help="print the environment and command instead of starting the server")
+    add_option(s, "--studies", required=True, metavar="DIR_OR_URL", help="folder of radiographs, or a DICOMweb URL")
+    add_option(s, "--host", default="127.0.0.1",
+               help="interface to listen on (default: 127.0.0.1, this machine only; another needs --allow_remote)")
+    add_option(s, "--allow_remote", action="store_true",
+               help="allow a --host other computers can reach (prints what that exposes; use --token)")
+    add_option(s, "--token", default=None,
+               help="bearer token every request must carry (default $CXRKIT_LABEL_TOKEN; `cxrkit review` "
+               "sends the same variable)")
+    add_option(s, "--port", type=arg_type(integer, minimum=0, maximum=65535), default=8000,
+               help="port (default: 8000)")
+    add_option(s, "--app_dir", default=None, metavar="DIR",
+               help="working copy of the app (default: $CXRKIT_LABEL_APP_DIR or ~/.cache/cxrkit/label-app)")
+    add_option(s, "--dry_run", action="store_true",
+               help="print the environment and command instead of starting the server")
     s.set_defaults(func=run_serve)
     a = actions.add_parser("app", help="print the folder of cxrkit's MONAI Label app (for monailabel --app)")
     a.set_defaults(func=run_app)

@@ -8,6 +8,8 @@ import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from cxrkit.options import CommandFormatter, add_common, add_option
+
     p = sub.add_parser(
         "predict",
         help="class probabilities for PNG/JPEG/DICOM/NIfTI files from a trained run (Grad-CAM with --cam)",
@@ -23,20 +25,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "  cxrkit predict runs/inat_swav-20240101-120000 xray.png --cam cams/\n"
             "  cxrkit predict runs/inat_swav-20240101-120000/models/model.ts xray.png"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=CommandFormatter,
     )
     p.add_argument("model", metavar="RUN_DIR_OR_BUNDLE_OR_TS",
                    help="run folder, bundle folder with models/model.pt, or an exported .ts file")
     p.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR", help="image files or folders of images")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--cam", metavar="OUT_DIR", default=None,
-                   help="write a Grad-CAM overlay PNG per image (<name>_cam.png) into OUT_DIR")
-    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=8, metavar="N",
-                   help="images per forward pass (default: 8)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    p.add_argument("--trust", action="store_true",
-                   help="open a model.pt that needs full unpickling (runs code: only files you trust)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_option(p, "--json", action="store_true", help="print JSON instead of a table")
+    add_option(p, "--cam", metavar="DIR", default=None,
+               help="write a Grad-CAM overlay PNG per image (<name>_cam.png) into DIR")
+    add_common(p, "batch_size", default=8, help="images per forward pass (default: 8)")
+    add_common(p, "device")
+    add_common(p, "trust_weights", "--trust",
+               help="open a model.pt that needs full unpickling (runs code: only files you trust)")
+    add_common(p, "no_progress", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -63,21 +64,18 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import warnings
 
+    from cxrkit.api import ModelLoadError, Predictor
     from cxrkit.cli import CLIError
     from cxrkit.serve.gradcam import CAMError
-    from cxrkit.serve.model import ModelLoadError, load_model
-    from cxrkit.serve.predict import predict_files
 
-    if args.batch_size < 1:
-        raise CLIError(f"--batch_size must be at least 1, got {args.batch_size}", code=2)
     logging.getLogger("cxrkit.serve.predict").setLevel(logging.ERROR)  # failures are printed below
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", message="parsing config_file")
-            model = load_model(args.model, device=args.device, trust=args.trust)
-            result = predict_files(model, args.inputs, batch_size=args.batch_size, cam_dir=args.cam,
-                                   progress=args.progress and not args.json)
+            predictor = Predictor.load(args.model, device=args.device, trust=args.trust_weights)
+            result = predictor.predict(args.inputs, batch_size=args.batch_size, cam_dir=args.cam,
+                                       progress=args.progress and not args.json)
     except (ModelLoadError, CAMError) as exc:
         raise CLIError(str(exc)) from None
     if args.json:

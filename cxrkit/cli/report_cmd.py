@@ -7,20 +7,22 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from cxrkit.options import CommandFormatter, add_common
+
     p = sub.add_parser(
         "report",
         help="write report.md / report.html with tables, figures and 95%% CIs for a run folder",
         description="Read a finished run folder and write report.md (PNG figures beside it) and a "
         "self-contained report.html: run identity, Table 5 per-class scores, sensitivity/specificity, "
         "ROC AUC, confusion matrix, loss/accuracy curves, Table 6 accuracy summary, bootstrap 95%% CIs.",
+        formatter_class=CommandFormatter,
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder (runs/<plugin>-<timestamp>/)")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: RUN_DIR/report)")
-    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                   help="bootstrap resamples for the confidence intervals; 0 switches them off (default: 1000)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="bootstrap seed (default: 0)")
-    p.add_argument("--positive", default=None, metavar="CLASS",
-                   help="positive class name or index (default: the run's positive_class, else class 0 when binary)")
+    add_common(p, "output_dir", "--out", default=None, help="the report's folder (default: RUN_DIR/report)")
+    add_common(p, "bootstrap")
+    add_common(p, "seed", help="bootstrap seed (default: 0)")
+    add_common(p, "positive_class", "--positive",
+               help="positive class name or index (default: the run's positive_class, else class 0 when binary)")
     p.set_defaults(func=run)
 
 
@@ -29,10 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from cxrkit.report.report import write_report
     from cxrkit.report.runfolder import RunFolderError
 
-    if args.bootstrap < 0:
-        raise CLIError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     try:
-        md = write_report(args.run_dir, args.out, bootstrap=args.bootstrap, seed=args.seed, positive=args.positive)
+        md = write_report(args.run_dir, args.output_dir, bootstrap=args.bootstrap, seed=args.seed,
+                          positive=args.positive_class)
     except (RunFolderError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     print(f"wrote {md}")

@@ -18,33 +18,41 @@ logger = logging.getLogger(__name__)
 
 
 def _options(p: argparse.ArgumentParser, default: object = None) -> None:
-    p.add_argument("--server", default=default, help="MONAI Label server URL, e.g. http://127.0.0.1:8000 (required)")
-    p.add_argument("--token", default=default,
-                   help="bearer token for the MONAI Label server (default $CXRKIT_LABEL_TOKEN)")
+    from cxrkit.options import add_option
+
+    add_option(p, "--server", default=default, metavar="URL",
+               help="MONAI Label server URL, e.g. http://127.0.0.1:8000 (required)")
+    add_option(p, "--token", default=default,
+               help="bearer token for the MONAI Label server (default $CXRKIT_LABEL_TOKEN)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from cxrkit.options import CommandFormatter, add_option, arg_type, integer
+
     p = sub.add_parser(
         "review",
         help="clinician review page for a MONAI Label server; 'review export' writes the reviews as a CSV",
         description="Serve the review page, or with 'export OUT.csv' write the reviewed labels as a CSV that the "
         "csv dataset reads. The page binds to 127.0.0.1 (this computer only) unless --host says otherwise. "
         "A token for a MONAI Label server with authentication comes from --token or $CXRKIT_LABEL_TOKEN.",
+        formatter_class=CommandFormatter,
     )
     _options(p)
-    p.add_argument("--host", default="127.0.0.1",
-                   help="interface the page binds to (default 127.0.0.1: local only; another needs --allow_remote)")
-    p.add_argument("--allow_remote", "--allow-remote", dest="allow_remote", action="store_true",
-                   help="allow a --host other computers can reach (the page then requires its token)")
-    p.add_argument("--page_token", "--page-token", dest="page_token", default=None,
-                   help="token the page itself requires (default $CXRKIT_REVIEW_TOKEN; with --allow_remote and "
-                   "none given, a random one is made and printed in the page's URL)")
-    p.add_argument("--port", type=int, default=8100, help="port of the page (default 8100; 0 = any free port)")
-    p.add_argument("--model", help="classification infer task (default: the server's first classification model)")
-    p.add_argument("--reviewer", help="name saved with each review (default $USER)")
-    p.add_argument("--run", metavar="RUN_DIR",
-                   help="run folder of the served model: Grad-CAM is computed here when the server sends none")
-    p.add_argument("--page_size", type=int, default=50, help="studies per list page (default 50)")
+    add_option(p, "--host", default="127.0.0.1",
+               help="interface the page binds to (default 127.0.0.1: local only; another needs --allow_remote)")
+    add_option(p, "--allow_remote", action="store_true",
+               help="allow a --host other computers can reach (the page then requires its token)")
+    add_option(p, "--page_token", default=None,
+               help="token the page itself requires (default $CXRKIT_REVIEW_TOKEN; with --allow_remote and "
+               "none given, a random one is made and printed in the page's URL)")
+    add_option(p, "--port", type=arg_type(integer, minimum=0, maximum=65535), default=8100,
+               help="port of the page (default 8100; 0 = any free port)")
+    add_option(p, "--model", help="classification infer task (default: the server's first classification model)")
+    add_option(p, "--reviewer", help="name saved with each review (default $USER)")
+    add_option(p, "--run_dir", "--run", metavar="RUN_DIR",
+               help="run folder of the served model: Grad-CAM is computed here when the server sends none")
+    add_option(p, "--page_size", type=arg_type(integer, minimum=1), default=50, metavar="N",
+               help="studies per list page (default 50)")
     p.set_defaults(func=run, action="serve")
     rsub = p.add_subparsers(dest="review_command", metavar="ACTION")
     e = rsub.add_parser(
@@ -52,12 +60,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Write every reviewed study (its 'final' label) as a row of OUT.csv: image path, label, "
         "study id, reviewer, time, the model's prediction and probability. Images are downloaded into "
         "OUT_images/ beside the CSV, or referenced in place with --studies.",
+        formatter_class=CommandFormatter,
     )
     e.add_argument("out", metavar="OUT.csv", help="the CSV to write")
     _options(e, default=argparse.SUPPRESS)
-    e.add_argument("--studies", metavar="DIR",
-                   help="the local folder the MONAI Label server serves: images are referenced by absolute path "
-                   "instead of downloaded")
+    add_option(e, "--studies", metavar="DIR",
+               help="the local folder the MONAI Label server serves: images are referenced by absolute path "
+               "instead of downloaded")
     e.set_defaults(func=run, action="export")
 
 
@@ -112,7 +121,7 @@ def _serve(client, args: argparse.Namespace) -> int:
     token = args.page_token or os.environ.get("CXRKIT_REVIEW_TOKEN") or None
     if not local and token is None:
         token = secrets.token_urlsafe(24)
-    app = ReviewApp(client, model=args.model, reviewer=args.reviewer, run_dir=args.run, page_size=args.page_size)
+    app = ReviewApp(client, model=args.model, reviewer=args.reviewer, run_dir=args.run_dir, page_size=args.page_size)
     app.studies()  # fail now, with a clear message, if the MONAI Label server is unusable
     _ = app.model
     try:

@@ -47,8 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cxrkit.api import run_bundle, user_error
     from cxrkit.bundle import BundleNotFoundError
-    from cxrkit.bundle.runner import run_bundle, user_error
     from cxrkit.cli import CLIError
     from cxrkit.options import parse_overrides
 

@@ -12,7 +12,10 @@ from cxrkit.cli import CLIError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("weights", help="list, check and import pretrained weight files (never downloads)")
+    from cxrkit.options import CommandFormatter, add_common, add_option
+
+    p = sub.add_parser("weights", help="list, check and import pretrained weight files (never downloads)",
+                       formatter_class=CommandFormatter)
     wsub = p.add_subparsers(dest="weights_command", metavar="ACTION")
     p.set_defaults(func=lambda args: _usage(p))
 
@@ -23,21 +26,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     info.add_argument("plugin")
     info.set_defaults(func=run_info)
 
-    check = wsub.add_parser("check", help="load a file for a plugin, verify every tensor, report its hash")
+    check = wsub.add_parser("check", help="load a file for a plugin, verify every tensor, report its hash",
+                            formatter_class=CommandFormatter)
     check.add_argument("plugin")
     check.add_argument("file", nargs="?", help="the weight file (default: the installed one)")
-    check.add_argument("--trust", action="store_true", help="allow full unpickling (can run code from the file)")
-    check.add_argument("--strict-hash", action="store_true", help="exit 1 when the published hash does not match")
+    add_common(check, "trust_weights", "--trust")
+    add_option(check, "--strict_hash", action="store_true", help="exit 1 when the published hash does not match")
     check.set_defaults(func=run_check)
 
-    imp = wsub.add_parser("import", help="verify a downloaded file, then copy it into the weights folder")
+    imp = wsub.add_parser("import", help="verify a downloaded file, then copy it into the weights folder",
+                          formatter_class=CommandFormatter)
     imp.add_argument("plugin")
     imp.add_argument("file")
-    imp.add_argument("--trust", action="store_true", help="allow full unpickling (can run code from the file)")
-    imp.add_argument("--force", action="store_true", help="replace an installed file with different content")
-    imp.add_argument("--accept_sha256", "--accept-sha256", dest="accept_sha256", metavar="SHA256",
-                     help="install a file that does not match the origin's published hash, as UNVERIFIED weights: "
-                     "give the file's full sha256 (the refusal prints it)")
+    add_common(imp, "trust_weights", "--trust")
+    add_option(imp, "--force", action="store_true", help="replace an installed file with different content")
+    add_option(imp, "--accept_sha256", metavar="SHA256",
+               help="install a file that does not match the origin's published hash, as UNVERIFIED weights: "
+               "give the file's full sha256 (the refusal prints it)")
     imp.set_defaults(func=run_import)
 
 
@@ -146,7 +151,7 @@ def run_check(args: argparse.Namespace) -> int:
         if not source.pretrained:
             raise CLIError(f"plugin '{source.name}' has no pretrained weights; there is nothing to check", code=2)
         backbone = build_backbone(source.architecture, source.in_channels)
-        report = load_pretrained(backbone, source, args.file, trust=args.trust)
+        report = load_pretrained(backbone, source, args.file, trust=args.trust_weights)
     total = len(backbone.state_dict())
     detail = []
     if report.dropped:
@@ -164,7 +169,7 @@ def run_check(args: argparse.Namespace) -> int:
         ("hash", _hash_status(report.hash_ok, source)),
     ]
     failed = args.strict_hash and report.hash_ok is False
-    lines.append(("result", "FAILED (hash mismatch, --strict-hash)" if failed else "OK"))
+    lines.append(("result", "FAILED (hash mismatch, --strict_hash)" if failed else "OK"))
     for key, value in lines:
         print(f"{key:<9} {value}")
     return 1 if failed else 0
@@ -174,7 +179,7 @@ def run_import(args: argparse.Namespace) -> int:
     from cxrkit.weights import import_weight_file
 
     with _weight_errors():
-        result = import_weight_file(args.plugin, args.file, trust=args.trust, force=args.force,
+        result = import_weight_file(args.plugin, args.file, trust=args.trust_weights, force=args.force,
                                     accept_sha256=args.accept_sha256)
     loaded = result.loaded
     verb = "installed" if result.copied else "already installed"
