@@ -145,16 +145,16 @@ def integer(value: Any, name: str, minimum: int | None = None, maximum: int | No
     Raises:
         ValueError: not a whole number, out of bounds, or nothing where a number is needed.
     """
-    if optional(value) is None or (allow_none and value is False):
+    if optional(value) is None:
         if allow_none:
             return None
         raise ValueError(f"{_shown(name)} needs a whole number")
-    if isinstance(value, bool):
-        raise ValueError(f"{_shown(name)} must be a whole number, got {value!r}")
     try:
-        number_ = float(value) if isinstance(value, str) and "." in value else value
-        whole = int(number_)
-        if isinstance(number_, float) and number_ != whole:
+        if isinstance(value, bool):
+            raise ValueError
+        real = float(value)
+        whole = int(real)
+        if real != whole:
             raise ValueError
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{_shown(name)} must be a whole number, got {value!r}") from None

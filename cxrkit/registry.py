@@ -52,8 +52,14 @@ class PluginLoadWarning(UserWarning):
 
 
 def plugin_autoload_enabled() -> bool:
-    """Whether entry-point discovery is on (``CXRKIT_DISABLE_PLUGIN_AUTOLOAD`` unset or false)."""
-    return os.environ.get(DISABLE_ENV, "").strip().lower() not in {"1", "true", "yes", "on"}
+    """Whether entry-point discovery is on (``CXRKIT_DISABLE_PLUGIN_AUTOLOAD`` unset or false).
+
+    Raises:
+        ValueError: the variable holds no boolean spelling; the message names it.
+    """
+    from cxrkit import options
+
+    return not options.flag(os.environ.get(DISABLE_ENV), DISABLE_ENV)
 
 
 @dataclass

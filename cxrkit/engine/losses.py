@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 from monai.losses import FocalLoss
 
+from cxrkit import options
+
 __all__ = ["LOSSES", "class_counts", "class_weights", "ClassificationFocalLoss", "build_loss"]
 
 #: loss names accepted by :func:`build_loss`.
@@ -96,7 +98,7 @@ def build_loss(
     class_counts: Sequence[int] | None = None,
     class_names: Sequence[str] | None = None,
     gamma: float = 2.0,
-    class_weighted: bool | None = None,
+    class_weighted: bool | str | None = None,
     device: torch.device | str | None = None,
 ) -> nn.Module:
     """Build the training loss.
@@ -106,7 +108,7 @@ def build_loss(
         class_counts: training items per class; needed when the loss is class weighted.
         class_names: class names, for error messages.
         gamma: focal loss focusing parameter (ignored for ``ce``).
-        class_weighted: weight classes by inverse training frequency; default ``True`` for
+        class_weighted: weight classes by inverse training frequency; ``None`` or ``auto``: ``True`` for
             ``focal`` and ``False`` for ``ce``.
         device: where to put the class-weight tensor.
 
@@ -119,10 +121,7 @@ def build_loss(
     key = str(name).strip().lower()
     if key not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose --loss ce or --loss focal")
-    if isinstance(class_weighted, str):
-        text = class_weighted.strip().lower()
-        class_weighted = None if text in ("", "null", "none", "auto") else text in ("true", "yes", "on", "1")
-    weighted = (key == "focal") if class_weighted is None else bool(class_weighted)
+    weighted = options.auto_flag(class_weighted, "class_weighted_loss", auto=key == "focal")
     weight = None
     if weighted:
         if not class_counts:

@@ -17,25 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cxrkit.options import flag, optional
+from cxrkit.options import flag, integer, optional
 
 __all__ = ["PreparedData", "prepare_data", "prepare_evaluation_data"]
 
 logger = logging.getLogger(__name__)
-
-
-def _norm_int(value: Any, name: str, minimum: int | None = None) -> int | None:
-    value = optional(value)
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"--{name} must be an integer, got {value!r}") from None
-    if minimum is not None and number < minimum:
-        raise ValueError(f"--{name} must be >= {minimum}, got {number}")
-    return number
-
 
 
 @dataclass
@@ -191,9 +177,9 @@ def prepare_data(
         raise ValueError(f"--dataset_dir {root}: no such folder")
     task = optional(task)
     seed = int(seed)
-    limit = _norm_int(max_items, "max_items", minimum=2)
-    n_folds = _norm_int(folds, "folds", minimum=2)
-    fold_index = _norm_int(fold, "fold", minimum=0) or 0
+    limit = integer(max_items, "max_items", minimum=2, allow_none=True)
+    n_folds = integer(folds, "folds", minimum=2, allow_none=True)
+    fold_index = integer(fold, "fold", minimum=0, allow_none=True) or 0
     if n_folds is not None and fold_index >= n_folds:
         raise ValueError(f"--fold must be between 0 and {n_folds - 1} for --folds {n_folds}, got {fold_index}")
     spec = load_dataset(str(dataset), str(root_path), task=task, **dict(options or {}))
@@ -201,7 +187,7 @@ def prepare_data(
     if limit is not None and limit < len(items):
         items = _subset(items, limit, seed)
         logger.info("using %d of %d images (--max_items)", len(items), len(spec.items))
-    good, skipped = _check(items, flag(skip_bad_images, "skip_bad_images"), flag(progress), str(root_path))
+    good, skipped = _check(items, flag(skip_bad_images, "skip_bad_images"), flag(progress, "progress"), str(root_path))
     spec = _with_items(spec, good)
     manifest = optional(split_manifest)
     resumed = run_paths is not None and getattr(run_paths, "resuming", False) and run_paths.split.is_file()
@@ -292,10 +278,10 @@ def prepare_evaluation_data(
         if manifest is None or not Path(str(manifest)).is_file():
             raise ValueError(f"--subset {subset} needs the run's split.json (--split_manifest FILE); none at {manifest}")
         items = list(getattr(load_split(str(manifest), spec), subset))
-    limit = _norm_int(max_items, "max_items", minimum=1)
+    limit = integer(max_items, "max_items", minimum=1, allow_none=True)
     if limit is not None and limit < len(items):
         items = _subset(items, limit, int(seed))
-    good, skipped = _check(items, flag(skip_bad_images, "skip_bad_images"), flag(progress), str(root_path))
+    good, skipped = _check(items, flag(skip_bad_images, "skip_bad_images"), flag(progress, "progress"), str(root_path))
     remap = {k: model_classes.index(c) for k, c in enumerate(classes)}
     evaluated = _to_monai(good)
     for item in evaluated:

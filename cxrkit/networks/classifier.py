@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from cxrkit import options
 from cxrkit.networks.heads import build_head
 
 __all__ = ["CXRClassifier", "freeze_stages", "FREEZE_ALL"]
@@ -29,24 +30,6 @@ logger = logging.getLogger(__name__)
 
 #: ``freeze_until`` value that freezes the whole backbone (linear probing).
 FREEZE_ALL = "all"
-_NULLS = {"", "none", "null", "false"}
-
-
-def _optional_str(value: Any) -> str | None:
-    """``None`` for empty/"null"/"none" (command-line spellings of nothing), else ``str(value)``."""
-    if value is None or value is False:
-        return None
-    text = str(value).strip()
-    return None if text.lower() in _NULLS else text
-
-
-def _flag(value: Any) -> bool:
-    """A boolean from a config value; ``"false"``/``"null"`` from a command line are False."""
-    if isinstance(value, str):
-        return value.strip().lower() in {"true", "yes", "on", "1"}
-    return bool(value)
-
-
 def freeze_stages(backbone: nn.Module, until: str | None) -> list[str]:
     """Freeze ``backbone``'s stages from the input up to and including ``until``.
 
@@ -60,7 +43,7 @@ def freeze_stages(backbone: nn.Module, until: str | None) -> list[str]:
     Raises:
         ValueError: ``until`` is not one of the backbone's stages; the message lists them.
     """
-    until = _optional_str(until)
+    until = options.text(until)
     if until is None:
         return []
     stages = list(getattr(backbone, "stages", ()) or ())
@@ -131,13 +114,13 @@ class CXRClassifier(nn.Module):
 
         source = get_source(plugin)
         channels = int(in_channels) if in_channels else int(source.in_channels)
-        if _flag(pretrained):
+        if options.flag(pretrained, "pretrained"):
             self.backbone, info = build_pretrained_backbone(
                 plugin,
-                _optional_str(weights_path),
-                trust=_flag(trust_weights),
+                options.text(weights_path),
+                trust=options.flag(trust_weights, "trust_weights"),
                 in_channels=channels,
-                allow_missing=_flag(allow_missing_weights),
+                allow_missing=options.flag(allow_missing_weights, "allow_missing_weights"),
             )
             self.weights_info: dict[str, Any] = dict(info)
         else:
