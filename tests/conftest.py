@@ -1,4 +1,9 @@
-"""Shared fixtures: fake installed distributions, paths to the real samples."""
+"""Shared fixtures. Helpers without fixtures are in ``tests/support/`` (no test imports another test module).
+
+Fixtures here: ``fake_dists`` (installed distributions with entry points), ``scratch`` / ``drop_checkpoints`` /
+``tiny`` (weight files), ``tiny_run`` (a run trained once per session), ``weights_store`` / ``isolated``
+(a private weights folder, HOME and feature cache), ``label_server`` (a real MONAI Label server).
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from support.label import LabelServer, make_studies, require_label_python
+from support.paths import REPO, SHARED_DATA, shared_data
+from support.training import train_tiny_run, write_inat_swav
+from support.weights import TINY
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def shared_data(*parts: str) -> Path:
-    """Path under ``../shared/data``; skips the calling test when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real sample data not found at {path} (see ../shared/data/README.md)")
-    return path
+__all__ = ["REPO", "SHARED_DATA", "shared_data", "FakeDistributions"]
 
 
 class FakeDistributions:
@@ -103,3 +103,75 @@ def weight_store(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     return tmp_path / "store"
+
+
+# ---- weight files ------------------------------------------------------------------------------------------
+@pytest.fixture
+def scratch(tmp_path):
+    """A folder whose (large) files are removed after the test."""
+    yield tmp_path
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            f.unlink()
+
+
+@pytest.fixture
+def drop_checkpoints(request):
+    """Remove the checkpoints a test wrote to ``tmp_path`` (pytest keeps the last runs' folders)."""
+    folder = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    for f in folder.rglob("*") if folder else ():
+        if f.is_file() and f.stat().st_size > 1 << 20:
+            f.unlink()
+
+
+@pytest.fixture
+def tiny():
+    """A registered ResNet18 plugin (``test_r18``, file ``r18.pth``) for fast negative and CLI tests."""
+    from cxrkit.registry import weights
+    from cxrkit.weights import WeightSource
+
+    source = WeightSource(name=TINY, architecture="resnet18", filenames=("r18.pth",),
+                          origin="https://example.org/r18.pth", description="test plugin")
+    weights.register(TINY, source, origin="tests")
+    yield source
+    weights.unregister(TINY)
+
+
+@pytest.fixture(scope="session")
+def weights_store(tmp_path_factory) -> Path:
+    """A weights folder holding a fabricated ``inat_swav`` file in its real layout (and nothing else)."""
+    store = tmp_path_factory.mktemp("weights")
+    write_inat_swav(store / "inat_swav")
+    return store
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch, weights_store) -> Path:
+    """Weights only from ``weights_store``; HOME, torch hub and the feature cache inside ``tmp_path``."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home" / "torch"))
+    monkeypatch.setenv("CXRKIT_WEIGHTS_DIR", str(weights_store))
+    monkeypatch.setenv("CXRKIT_FEATURE_CACHE", str(tmp_path / "features"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# ---- trained models and servers ----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """The session's 1-epoch 32 px run folder (trained once; shared by predict, export, label and review)."""
+    return train_tiny_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def label_server(tmp_path_factory):
+    """One MONAI Label server (cxrkit's app, the tiny trained run, 7 real studies) for all review tests:
+    ``(server, run folder, studies folder)``; stopped at the end of the session."""
+    python = require_label_python()
+    run = train_tiny_run(tmp_path_factory.getbasetemp())
+    work = tmp_path_factory.mktemp("review-server")
+    studies = make_studies(work / "studies")
+    server = LabelServer(run, studies, work, python).start()
+    yield server, run, studies
+    server.stop()

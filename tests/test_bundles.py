@@ -20,11 +20,11 @@ import torch
 import yaml
 from monai.bundle import ConfigParser
 
-from conftest import REPO, shared_data
 from cxrkit.bundle.generate import KINDS, builtin_plugins, check_bundles, main as generate_main, write_bundles
 from cxrkit.cli import main
 from cxrkit.options import parse_overrides
 from cxrkit.options import flag, optional
+from support.paths import REPO, shared_data
 
 BUNDLES = REPO / "bundles"
 PLUGINS = builtin_plugins()

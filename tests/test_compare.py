@@ -2,7 +2,7 @@
 
 Runs on the real radiography sample at 32 px, 1 epoch, a dozen images. The
 pretrained plugin's weight file is fabricated in its real layout (see
-test_weights_layouts.py) in a temporary weights folder; HOME is a temporary
+support/weights.py) in a temporary weights folder; HOME is a temporary
 folder too, so no file of the machine is found or written.
 """
 
@@ -10,50 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import pytest
-import torch
-import torchvision.models as tvm
 import yaml
-from conftest import shared_data
-from test_report_runfolder import md_tables
-from test_weights_layouts import LAYOUTS, save
 
 from cxrkit.cli import CLIError, compare_cmd
 from cxrkit.engine.prepare import prepare_data
 from cxrkit.experiment.compare import CompareError, CompareSettings, plan_plugins, resolve_plugins
-
-RADIOGRAPHY = ("radiography", "COVID-19_Radiography_Dataset")
-
-
-def write_inat_swav(folder: Path, seed: int = 0) -> Path:
-    """An ``inat_swav`` checkpoint in its real layout (SwAV training wrapper, ``module.`` keys, projection
-    head, optimizer and amp state) holding a freshly initialised torchvision ResNet50, so the frozen
-    backbone gives finite features in evaluation mode (unit batch-norm variances)."""
-    torch.manual_seed(seed)
-    state = {k: v for k, v in tvm.resnet50(weights=None).state_dict().items() if not k.startswith("fc.")}
-    layout = LAYOUTS["inat_swav"]
-    return save(layout.build(state), folder / layout.filename)
-
-
-@pytest.fixture(scope="session")
-def weights_store(tmp_path_factory) -> Path:
-    """A weights folder holding a fabricated ``inat_swav`` file in its real layout (and nothing else)."""
-    store = tmp_path_factory.mktemp("weights")
-    write_inat_swav(store / "inat_swav")
-    return store
-
-
-@pytest.fixture
-def isolated(tmp_path, monkeypatch, weights_store) -> Path:
-    """Weights only from ``weights_store``; HOME, torch hub and the feature cache inside ``tmp_path``."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home" / "torch"))
-    monkeypatch.setenv("CXRKIT_WEIGHTS_DIR", str(weights_store))
-    monkeypatch.setenv("CXRKIT_FEATURE_CACHE", str(tmp_path / "features"))
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+from support.paths import RADIOGRAPHY, shared_data
+from support.runfolders import md_tables
 
 
 def compare_cli(argv: list[str]) -> int:

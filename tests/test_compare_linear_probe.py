@@ -11,10 +11,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import shared_data
-from test_weights_layouts import LAYOUTS
-from test_compare import RADIOGRAPHY, isolated, weights_store, write_inat_swav  # noqa: F401 - fixtures
-from test_report_runfolder import md_tables
 
 import cxrkit.experiment.linear_probe as linear_probe
 from cxrkit.bundle.runner import run_bundle
@@ -24,6 +20,10 @@ from cxrkit.experiment.features import FeatureCache, FeatureKey
 from cxrkit.networks.classifier import CXRClassifier
 from cxrkit.report.runfolder import load_run
 from cxrkit.weights import get_source
+from support.paths import RADIOGRAPHY, shared_data
+from support.runfolders import md_tables
+from support.training import write_inat_swav
+from support.weights import LAYOUTS
 
 # the corrupt moco_v2 file cannot match the published md5; the mismatch warning is tested in test_weights_errors
 pytestmark = pytest.mark.filterwarnings("ignore::cxrkit.weights.WeightHashWarning")

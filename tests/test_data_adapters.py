@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_data
 from PIL import Image
 
 from cxrkit.data import DatasetError, DatasetSpec, load_dataset
@@ -17,6 +16,7 @@ from cxrkit.data.adapter import DatasetAdapter
 from cxrkit.data.cohen import finding_category
 from cxrkit.data.coronahack import patient_from_name
 from cxrkit.registry import datasets
+from support.paths import shared_data
 
 RADIOGRAPHY_CLASSES = ("COVID", "Normal", "Viral Pneumonia")
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_data
 from PIL import Image
 
 from cxrkit.cli import main
 from cxrkit.data import BadImageError, BadImagesError, load_image
 from cxrkit.data.check import check_image, check_images
+from support.paths import shared_data
 
 
 def _good_png(path: Path, value: int = 50) -> Path:

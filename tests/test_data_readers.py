@@ -9,12 +9,12 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import shared_data
 from monai.transforms import LoadImage
 from PIL import Image
 
 from cxrkit.data import BadImageError, load_image
 from cxrkit.data.readers import CXRImageReader, DicomReader, read_dicom_dataset, read_radiograph, sniff_format
+from support.paths import shared_data
 
 GRADIENT = np.tile(np.arange(0, 240, 4, dtype=np.uint8), (40, 1))  # 40 rows x 60 columns, not square
 

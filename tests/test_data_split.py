@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_data
 from PIL import Image
 
 from cxrkit.data import DatasetError, load_dataset
 from cxrkit.data.split import audit_leakage, load_split, make_split
+from support.paths import shared_data
 
 
 def _names(items):

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from conftest import shared_data
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.transforms import Compose, Randomizable
 from PIL import Image
 
 from cxrkit.data import BadImageError, build_transforms, find_bad_image_error, load_dataset, load_image
+from support.paths import shared_data
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, shared_data
 from cxrkit.cli import main
 from cxrkit.engine.distributed import (NullSummaryWriter, ShardedEpochSampler, all_gather_uneven, run_paths,
                                        shard_safe_metrics, summary_writer)
 from cxrkit.engine.metrics import ROCAUC, classification_metrics
+from support.paths import REPO, shared_data
 
 
 # ---- sampler and single-process behaviour (fast) ----------------------------------------

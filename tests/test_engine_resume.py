@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, shared_data
 from cxrkit.cli import main
 from cxrkit.engine import workflow
 from cxrkit.runfolder import RunDirError, RunPaths
+from support.paths import REPO, shared_data
 
 pytestmark = pytest.mark.slow
 

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, shared_data
 from cxrkit.cli import main
 from cxrkit.serve import ModelLoadError, load_model, predict_files
 from cxrkit.serve.export import monai_command
-from test_predict import tiny_run  # noqa: F401 - session fixture (trained once, reused)
+from support.paths import REPO, shared_data
 
 
 @pytest.fixture

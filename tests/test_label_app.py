@@ -7,7 +7,9 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from support.paths import RADIOGRAPHY, shared_data
 
 from cxrkit.cli import main
 from cxrkit.label import APP_DIR
@@ -24,12 +26,36 @@ def _fake_run(folder: Path) -> Path:
     return folder
 
 
-def test_app_layout_is_a_monai_label_app():
-    assert (APP_DIR / "main.py").is_file() and (APP_DIR / "lib" / "infers.py").is_file()
-    source = (APP_DIR / "main.py").read_text()
-    assert "class CXRKitApp(MONAILabelApp)" in source  # MONAI Label finds the app by its direct base class
-    infers = (APP_DIR / "lib" / "infers.py").read_text()
-    assert "type=InferType.CLASSIFICATION, add_post_restore=False" in infers
+def test_monai_label_finds_the_app_class_in_main_py():
+    """MONAI Label loads ``main.py`` from the app folder and takes the class whose direct base is MONAILabelApp."""
+    pytest.importorskip("monailabel", reason="MONAI Label is not installed: pip install -e \".[label]\"")
+    from monailabel.interfaces.app import MONAILabelApp
+    from monailabel.utils.others.class_utils import get_class_of_subclass_from_file
+
+    app_class = get_class_of_subclass_from_file("main", str(APP_DIR / "main.py"), "MONAILabelApp")
+    assert app_class is not None and app_class.__name__ == "CXRKitApp" and MONAILabelApp in app_class.__bases__
+    assert app_class.init_trainers(object.__new__(app_class)) == {}  # it serves; training is `cxrkit run`
+
+
+def test_infer_task_is_a_classification_task_answering_like_the_predictor(tiny_run):
+    """The task of a run folder: a classification task (no restore to the image grid), the run's classes, and
+    MONAI Label's classification answer with the predicted class."""
+    pytest.importorskip("monailabel", reason="MONAI Label is not installed: pip install -e \".[label]\"")
+    from monailabel.interfaces.tasks.infer_v2 import InferType
+
+    from cxrkit.label.app.lib.infers import CXRClassificationInfer
+
+    task = CXRClassificationInfer(str(tiny_run), {})
+    assert task.is_valid() and task.type == InferType.CLASSIFICATION and task.add_post_restore is False
+    assert task.labels == {"COVID": 0, "Normal": 1} and task.info()["cxrkit"]["classes"] == ["COVID", "Normal"]
+    image = sorted(shared_data(*RADIOGRAPHY, "Normal").glob("*.png"))[0]
+    _, answer = task({"image": str(image), "device": "cpu"})
+    scores = [p["score"] for p in answer["prediction"]]
+    assert [p["label"] for p in answer["prediction"]] == ["COVID", "Normal"]
+    assert sum(scores) == pytest.approx(1.0, abs=1e-5)
+    assert answer["predicted"]["idx"] == int(np.argmax(scores))
+    with pytest.raises(Exception, match="--cam must be true or false"):  # a bad parameter is named, not ignored
+        task({"image": str(image), "device": "cpu", "cam": "maybe"})
 
 
 def test_find_bundles_from_conf(tmp_path):
@@ -82,7 +108,7 @@ def test_label_cli_dry_run_and_app(tmp_path, capsys):
     studies = tmp_path / "studies"
     studies.mkdir()
     rc = main(["label", "serve", str(run), "--studies", str(studies), "--app-dir", str(tmp_path / "work"),
-               "--port", "8124", "--dry-run"])
+               "--port", "8124", "--dry-run"])  # the hyphenated spellings still work
     out = capsys.readouterr().out.strip().splitlines()
     assert rc == 0
     assert out[0].startswith("# `serve` first copies the app") and not (tmp_path / "work").exists()

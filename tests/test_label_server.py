@@ -27,9 +27,8 @@ import pytest
 
 pytest.importorskip("monailabel", reason="MONAI Label is not installed: pip install -e \".[label]\"")
 
-from conftest import shared_data  # noqa: E402
 from cxrkit.cli import main  # noqa: E402
-from test_predict import tiny_run  # noqa: E402,F401 - session fixture (trained once, reused)
+from support.paths import shared_data
 
 STARTUP_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 30.0

@@ -17,31 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, shared_data
 from cxrkit.cli import main
 from cxrkit.serve import GradCAMExplainer, ModelLoadError, cam_to_image, load_model, predict_files
+from support.paths import REPO, shared_data
 
 RADIOGRAPHY = ("radiography", "COVID-19_Radiography_Dataset")
 CORONAHACK_TEST = ("coronahack", "Coronahack-Chest-XRay-Dataset", "Coronahack-Chest-XRay-Dataset", "test")
-
-
-def train_tiny_run(root: Path) -> Path:
-    """Train (or reuse) the session's tiny run folder under ``root``."""
-    run = root / "tiny_run"
-    if (run / "models" / "model.pt").is_file() and (run / "predictions.csv").is_file():
-        return run
-    data = shared_data("radiography")
-    rc = main(["run", "training", str(REPO / "bundles" / "inat_swav"),
-               "--dataset_dir", str(data), "--image_size", "32", "--epochs", "1", "--batch_size", "8",
-               "--allow_missing_weights", "true", "--max_items", "40", "--output_dir", str(run),
-               "--device", "cpu", "--progress", "false", "--tensorboard_images", "0"])
-    assert rc == 0 and (run / "models" / "model.pt").is_file(), "training the tiny run failed"
-    return run
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    return train_tiny_run(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")

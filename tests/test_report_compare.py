@@ -9,10 +9,10 @@ import warnings
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support, recall_score, roc_auc_score
-from test_report_runfolder import CLASSES_3, assert_png, make_run_folder, md_tables, read_predictions
 
 from cxrkit.cli import main
 from cxrkit.report.compare import SplitMismatchWarning, write_comparison
+from support.runfolders import CLASSES_3, assert_png, make_run_folder, md_tables, read_predictions
 
 
 def value(cell: str) -> float:

@@ -15,11 +15,11 @@ from sklearn.metrics import (
     recall_score,
     roc_auc_score,
 )
-from test_report_runfolder import CLASSES_3, assert_png, make_run_folder, md_tables, read_predictions
 
 from cxrkit.cli import main
 from cxrkit.report.report import write_report
 from cxrkit.report.runfolder import RunFolderError
+from support.runfolders import CLASSES_3, assert_png, make_run_folder, md_tables, read_predictions
 
 FIGURES = ("roc.png", "confusion_matrix.png", "curves.png")
 

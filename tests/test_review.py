@@ -14,8 +14,8 @@ import pytest
 from cxrkit.review.client import LabelClient, ReviewError, _multipart, _parse_multipart
 from cxrkit.review.evidence import cam_overlay_png, parse_infer, read_image_bytes, render_png
 from cxrkit.review.studies import decode_label_png, encode_label_png, parse_studies
-from test_review_support import free_port, label_server  # noqa: F401 - label_server is a fixture
-from conftest import shared_data
+from support.label import free_port
+from support.paths import shared_data
 
 # -- pure units --------------------------------------------------------------------------------------
 
@@ -129,11 +129,10 @@ def test_client_forwards_the_bearer_token_and_explains_401(monkeypatch):
         fake.server_close()
 
 
-def test_local_grad_cam_when_the_server_sends_none(tmp_path_factory):
+def test_local_grad_cam_when_the_server_sends_none(tiny_run):
     from cxrkit.review.evidence import LocalExplainer
-    from test_review_support import trained_run
 
-    run = trained_run(tmp_path_factory.getbasetemp())
+    run = tiny_run
     src = sorted(shared_data("radiography", "COVID-19_Radiography_Dataset", "Viral Pneumonia").glob("*.png"))[0]
     cam = LocalExplainer(run)(src.read_bytes(), ".png", 0)
     assert cam.shape == (256, 256) and 0.0 <= cam.min() <= cam.max() <= 1.0  # mapped back onto the 256 px image

@@ -13,7 +13,6 @@ import shutil
 
 import pytest
 
-from test_review_support import label_server  # noqa: F401 - a fixture
 
 WAIT_S = 60  # bounded waits: the first prediction on 2 loaded CPU cores can take a while
 

@@ -22,16 +22,10 @@ from cxrkit.weights import (
     load_state_dict,
 )
 from cxrkit.weights.keyfilter import apply_key_filter, strip_prefix
-from test_weights_layouts import (  # noqa: F401 - helpers and fixtures
-    TINY,
-    _drop_checkpoints,
-    big,
-    reference,
-    save,
-    scratch,
-    tiny,
-    tiny_file,
-)
+from support.weights import TINY, big, reference, save, tiny_file
+
+# the large checkpoints a test writes to tmp_path are removed after it
+pytestmark = pytest.mark.usefixtures("drop_checkpoints")
 
 R18 = dict(architecture="resnet18", origin="https://example.org", description="test")
 

@@ -9,15 +9,10 @@ import shutil
 import pytest
 
 from cxrkit.cli import main
-from test_weights_layouts import (  # noqa: F401 - helpers and fixtures
-    TINY,
-    _drop_checkpoints,
-    reference,
-    save,
-    scratch,
-    tiny,
-    tiny_file,
-)
+from support.weights import TINY, reference, save, tiny_file
+
+# the large checkpoints a test writes to tmp_path are removed after it
+pytestmark = pytest.mark.usefixtures("drop_checkpoints")
 
 
 @pytest.fixture

@@ -21,19 +21,9 @@ from cxrkit.weights import (
     WeightSource,
     load_state_dict,
 )
-from test_weights_layouts import (  # noqa: F401 - helpers and fixtures
-    LAYOUTS,
-    TINY,
-    _drop_checkpoints,
-    big,
-    reference,
-    save,
-    scratch,
-    tiny,
-    tiny_file,
-)
+from support.weights import LAYOUTS, TINY, big, reference, save, tiny_file
 
-pytestmark = pytest.mark.filterwarnings("ignore::cxrkit.weights.WeightHashWarning")
+pytestmark = [pytest.mark.usefixtures("drop_checkpoints"), pytest.mark.filterwarnings("ignore::cxrkit.weights.WeightHashWarning")]
 
 
 # ---------------------------------------------------------------------------- wrong file for the plugin

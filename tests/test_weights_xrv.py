@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from cxrkit.weights import build_pretrained_backbone, get_source, load_state_dict
-from test_weights_layouts import _drop_checkpoints, big, reference, save, scratch  # noqa: F401
+from support.weights import big, reference, save
+
+# the large checkpoints a test writes to tmp_path are removed after it
+pytestmark = pytest.mark.usefixtures("drop_checkpoints")
 
 XRV_FILE = "pc-nih-rsna-siim-vin-resnet50-test512-e400-state.pt"
 
