@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_option(parser, "--bundle", default="random",
                help="bundle folder or plugin name (its network; weights are random when the file is absent)")
     add_common(parser, "image_size", default=128, help="training image size in pixels (default: 128)")
-    add_option(parser, "--batch_size", type=arg_type(integer, minimum=2), default=16, metavar="N",
+    add_common(parser, "batch_size", default=16,
                help="images per training step, at least 2: batch norm cannot train on one image (default: 16)")
     add_option(parser, "--steps", type=positive, default=10, metavar="N", help="timed training steps per loop")
     add_option(parser, "--warmup", type=count, default=2, metavar="N",
@@ -114,8 +114,15 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def benchmark(args: argparse.Namespace) -> int:
-    """Run the benchmark with parsed options, write the report and print it; returns the exit code."""
+    """Run the benchmark with parsed options, write the report and print it; returns the exit code.
+
+    Raises:
+        ValueError: ``--batch_size`` below 2.
+    """
     from cxrkit.bench.report import markdown, write_report
+
+    if args.batch_size < 2:
+        raise ValueError("--batch_size must be >= 2 (batch norm cannot train on one image)")
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.work_dir:

@@ -27,5 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cxrkit.bench.suite import benchmark
+    from cxrkit.cli import CLIError
 
-    return benchmark(args)
+    try:
+        return benchmark(args)
+    except ValueError as exc:
+        raise CLIError(str(exc), code=2) from None

@@ -37,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_option(c, "--dataset", default=None,
                help="dataset adapter: radiography (default), coronahack, cohen, folder, csv, or a plugin's")
-    add_common(c, "dataset_dir", help="the dataset folder (the CSV file for 'csv')")
+    add_common(c, "dataset_dir", "--root", help="the dataset folder (the CSV file for 'csv')")
     add_option(c, "--task", help="task (default: the adapter's default task)")
     add_option(c, "--allow_missing", action="store_true", help="leave out metadata rows whose image is missing")
     add_common(c, "seed", help="split seed (default 0)")
