@@ -93,6 +93,8 @@ class LoadedModel:
         bundle_root: the run or bundle folder the configs came from (``None``: configs embedded in a .ts).
         kind: ``"pytorch"`` or ``"torchscript"``.
         config: the parsed inference config (``monai.bundle.ConfigParser``).
+        autocast: ``torch.autocast`` arguments from the config's ``amp`` setting (empty: fp32), as the
+            bundle's evaluator uses them.
     """
 
     network: nn.Module
@@ -104,6 +106,7 @@ class LoadedModel:
     bundle_root: Path | None
     kind: str
     config: Any = field(repr=False, default=None)
+    autocast: dict[str, Any] = field(default_factory=dict)
 
     @property
     def supports_cam(self) -> bool:
@@ -122,7 +125,7 @@ class LoadedModel:
         Raises:
             ModelLoadError: the network's output does not match the number of classes.
         """
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=bool(self.autocast), **self.autocast):
             logits = self.network(images.to(self.device))
         if logits.ndim != 2 or logits.shape[1] != len(self.classes):
             raise ModelLoadError(
@@ -197,6 +200,16 @@ def _device(device: str) -> torch.device:
         raise ModelLoadError(str(exc)) from None
 
 
+def _autocast(parser: Any, device: torch.device, origin: str) -> dict[str, Any]:
+    """The evaluator's mixed precision for the config's ``amp`` (``auto``: on CUDA only)."""
+    from cxrkit.engine.hardware import amp_kwargs
+
+    try:
+        return amp_kwargs(parser.config.get("amp", "auto"), device)
+    except ValueError as exc:
+        raise ModelLoadError(f"{origin}: {exc}") from None
+
+
 def _state_dict(path: Path, trust: bool) -> Mapping[str, torch.Tensor]:
     from cxrkit.weights.checkpoint import open_checkpoint
     from cxrkit.weights.errors import UnsafeCheckpointError, WeightError
@@ -266,6 +279,7 @@ def _load_bundle(root: Path, model_file: Path, device: str, trust: bool, optimiz
         bundle_root=root,
         kind=kind,
         config=parser,
+        autocast=_autocast(parser, torch_device, str(config)),
     )
 
 
@@ -310,6 +324,7 @@ def _load_torchscript(path: Path, device: str, optimize: bool = True) -> LoadedM
         bundle_root=None,
         kind="torchscript",
         config=parser,
+        autocast=_autocast(parser, torch_device, f"{path} (embedded inference config)"),
     )
 
 
