@@ -102,7 +102,7 @@ def _unsafe_error(path: Path, names: list[str]) -> UnsafeCheckpointError:
     return UnsafeCheckpointError(
         f"{path}: refusing to load: the file needs full unpickling, which can run arbitrary code "
         f"(it references {listed}). Weight files normally hold only tensors. If you trust where this "
-        "file comes from, pass trust=True (--trust on the command line); otherwise get the file from its origin.",
+        "file comes from, pass trust=True (--trust_weights on the command line); otherwise get the file from its origin.",
         names,
     )
 
@@ -249,7 +249,7 @@ def _load_plain_pickle(path: Path, unsafe: list[str], trust: bool) -> Any:
             raise _unsafe_error(path, unsafe)
         raise CorruptCheckpointError(
             f"{path}: a plain Python pickle, not a file written by torch.save; cxrkit opens it only with "
-            "trust=True (--trust), which can run code from it. Better: load it where it was made and re-save "
+            "trust=True (--trust_weights), which can run code from it. Better: load it where it was made and re-save "
             "the state dict with torch.save(state_dict, path)."
         )
     _warn_trusted(path, unsafe)
