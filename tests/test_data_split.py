@@ -47,15 +47,25 @@ def cohen_full(tmp_path_factory):
     return load_dataset("cohen", root, task="covid_vs_rest", views="PA,AP,AP Supine,L")
 
 
-def test_default_is_stratified_80_20_and_seeded(radiography):
+def test_default_is_stratified_60_20_20_and_seeded(radiography):
     a = make_split(radiography, seed=3)
     b = make_split(radiography, seed=3)
     c = make_split(radiography, seed=4)
-    assert (len(a.train), len(a.val)) == (80, 20)
+    assert (len(a.train), len(a.val), len(a.test)) == (60, 20, 20)
     assert a.manifest["counts"]["val"] == {"COVID": 8, "Normal": 8, "Viral Pneumonia": 4}
-    assert _names(a.val) == _names(b.val) and _names(a.val) != _names(c.val)
+    assert a.manifest["counts"]["test"] == {"COVID": 8, "Normal": 8, "Viral Pneumonia": 4}
+    assert a.manifest["test_fraction"] == 0.2 and a.manifest["test_note"] is None
+    assert _names(a.val) == _names(b.val) and _names(a.test) == _names(b.test) and _names(a.test) != _names(c.test)
     assert not set(_names(a.train)) & set(_names(a.val))
+    assert not (set(_names(a.train)) | set(_names(a.val))) & set(_names(a.test))
     assert a.audit.ok
+
+
+def test_test_fraction_zero_is_the_studys_80_20(radiography):
+    a = make_split(radiography, seed=3, test_fraction=0)
+    assert (len(a.train), len(a.val), len(a.test)) == (80, 20, 0)
+    assert a.manifest["counts"]["val"] == {"COVID": 8, "Normal": 8, "Viral Pneumonia": 4}
+    assert a.manifest["test"] == [] and a.manifest["test_fraction"] == 0.0
 
 
 def test_cohen_real_patients_never_in_both_splits(cohen_full):
@@ -64,10 +74,12 @@ def test_cohen_real_patients_never_in_both_splits(cohen_full):
     assert sum(n > 1 for n in per_patient.values()) > 50  # the real collection: many images per patient
     for seed in range(3):
         split = make_split(spec, seed=seed)
-        assert not _patients(split.train) & _patients(split.val)
+        parts = [_patients(split.train), _patients(split.val), _patients(split.test)]
+        assert not parts[0] & parts[1] and not parts[0] & parts[2] and not parts[1] & parts[2]
         assert split.audit.ok and split.audit.patient_overlap == []
         assert 0.12 < len(split.val) / len(spec.items) < 0.28
-        assert "StratifiedGroupKFold" in split.manifest["strategy"]
+        assert 0.12 < len(split.test) / len(spec.items) < 0.28
+        assert split.manifest["strategy"].count("StratifiedGroupKFold") == 2
 
 
 def test_cohen_real_sample_split_has_no_shared_patient():
@@ -78,7 +90,7 @@ def test_cohen_real_sample_split_has_no_shared_patient():
 
 
 def test_k_folds_cover_every_item_once(cohen_full):
-    folds = [make_split(cohen_full, folds=5, fold=k, seed=1) for k in range(5)]
+    folds = [make_split(cohen_full, folds=5, fold=k, seed=1, test_fraction=0) for k in range(5)]
     val = [name for f in folds for name in (i["image"] for i in f.val)]
     assert sorted(val) == sorted(i["image"] for i in cohen_full.items)
     for f in folds:
@@ -86,8 +98,18 @@ def test_k_folds_cover_every_item_once(cohen_full):
         assert not _patients(f.train) & _patients(f.val)
 
 
+def test_k_folds_share_one_held_out_test_part(cohen_full):
+    folds = [make_split(cohen_full, folds=4, fold=k, seed=1) for k in range(4)]
+    test = [i["image"] for i in folds[0].test]
+    assert test and all([i["image"] for i in f.test] == test for f in folds)
+    val = sorted(i["image"] for f in folds for i in f.val)
+    assert val == sorted(i["image"] for i in cohen_full.items if i["image"] not in set(test))
+    for f in folds:
+        assert not (_patients(f.train) | _patients(f.val)) & _patients(f.test)
+
+
 def test_k_folds_without_patients(radiography):
-    folds = [make_split(radiography, folds=4, fold=k) for k in range(4)]
+    folds = [make_split(radiography, folds=4, fold=k, test_fraction=0) for k in range(4)]
     assert sorted(n for f in folds for n in _names(f.val)) == sorted(_names(radiography.items))
     assert all(f.manifest["counts"]["val"] == {"COVID": 10, "Normal": 10, "Viral Pneumonia": 5} for f in folds)
 
@@ -134,9 +156,12 @@ def test_load_split_names_missing_files(tmp_path):
 
 def test_predefined_split(tmp_path):
     spec = load_dataset("coronahack", shared_data("coronahack"), allow_missing=True)
-    split = make_split(spec, use_predefined=True)
+    split = make_split(spec, use_predefined=True, test_fraction=0)
     assert all(i["split"] == "train" for i in split.train) and all(i["split"] == "test" for i in split.val)
     assert split.manifest["use_predefined"] is True
+    three = make_split(spec, use_predefined=True)  # the collection's TEST rows are the test part
+    assert sorted(_names(three.test)) == sorted(_names(split.val))
+    assert all(i["split"] == "train" for i in three.train + three.val) and three.val
     radiography = load_dataset("radiography", shared_data("radiography"))
     with pytest.raises(DatasetError, match="defines no split"):
         make_split(radiography, use_predefined=True)
@@ -173,3 +198,26 @@ def test_bad_arguments(radiography):
     tiny = [{"image": f"/x/{n}.png", "label": n % 2, "label_name": "ab"[n % 2], "patient_id": None} for n in range(3)]
     with pytest.raises(DatasetError, match=r"class\(es\) \[1\] have only 1"):
         make_split(tiny)
+
+
+def test_tiny_dataset_falls_back_to_two_parts_and_says_so():
+    tiny = [{"image": f"/x/{n}.png", "label": n % 2, "label_name": "ab"[n % 2], "patient_id": None} for n in range(6)]
+    split = make_split(tiny)
+    assert len(split.test) == 0 and len(split.train) == 4 and len(split.val) == 2
+    assert split.manifest["test_fraction"] == 0.0 and split.manifest["test_fraction_requested"] == 0.2
+    assert "no test part" in split.manifest["test_note"]
+    with pytest.raises(DatasetError, match="val_fraction \\+ test_fraction below 1"):
+        make_split(tiny, val_fraction=0.5, test_fraction=0.5)
+
+
+def test_manifest_round_trip_keeps_the_test_part(tmp_path, radiography):
+    split = make_split(radiography, seed=2)
+    path = split.save(tmp_path / "split.json")
+    again = load_split(path, radiography)
+    assert _names(again.test) == _names(split.test) and len(again.test) == 20
+    old = json.loads(path.read_text())  # a manifest written before test parts existed
+    for key in ("test", "test_fraction", "test_note", "test_fraction_requested"):
+        old.pop(key)
+    old["counts"].pop("test")
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert load_split(tmp_path / "old.json", radiography).test == []
