@@ -49,13 +49,15 @@ def _blob(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, r: float) -> np.
     return np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / (2.0 * r * r)))
 
 
-def synthetic_xray(covid: bool, size: int = 64, rng: np.random.Generator | None = None) -> np.ndarray:
+def synthetic_xray(covid: bool, size: int = 64, rng: np.random.Generator | None = None,
+                   return_lungs: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """One synthetic chest "radiograph" as a ``(size, size)`` uint8 array (bright = dense).
 
     Args:
         covid: add bilateral peripheral lower-zone opacities.
         size: image side in pixels.
         rng: random generator (geometry, texture and noise vary per image).
+        return_lungs: also return the boolean ``(size, size)`` mask of the two lung fields.
     """
     from scipy.ndimage import gaussian_filter
 
@@ -83,7 +85,8 @@ def synthetic_xray(covid: bool, size: int = 64, rng: np.random.Generator | None 
                 img = img + np.where(lungs, 0.32 * _blob(yy, xx, oy, ox, rng.uniform(0.05, 0.08)), 0.0)
     img = gaussian_filter(img, sigma=size / 96.0)
     img = img + rng.normal(0.0, 0.025, img.shape)
-    return (np.clip(img, 0.0, 1.0) * 255).round().astype(np.uint8)
+    pixels = (np.clip(img, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return (pixels, lungs) if return_lungs else pixels
 
 
 def make_synthetic_dataset(root: str | Path, per_class: int = 50, size: int = 64, seed: int = 0) -> Path:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["cam_target_layer", "GradCAMExplainer", "cam_to_image", "save_cam_overlay", "CAMError"]
+__all__ = ["cam_target_layer", "GradCAMExplainer", "cam_to_image", "image_to_input", "save_cam_overlay", "CAMError"]
 
 
 class CAMError(ValueError):
@@ -172,6 +172,34 @@ def cam_to_image(cam: np.ndarray, preprocessing: Any, shape: Sequence[int]) -> n
     out = Resize(spatial_size=(rows, cols), mode="bilinear", align_corners=False)(grid)
     out = out.as_tensor() if hasattr(out, "as_tensor") else out
     return np.clip(np.asarray(out[0], dtype=np.float32), 0.0, 1.0)
+
+
+def image_to_input(array: np.ndarray, preprocessing: Any, input_shape: Sequence[int]) -> np.ndarray:
+    """Map an array on the original image's grid onto the network's input grid (the inverse of :func:`cam_to_image`).
+
+    The preprocessing's resize (and centre crop) is applied: e.g. a lung mask of
+    the original image becomes the mask of the network's input.
+
+    Args:
+        array: ``(rows, columns)`` array on the original image's grid.
+        preprocessing: the transforms that make the input (a ``Compose`` or a sequence).
+        input_shape: the network input's ``(H, W)``.
+
+    Returns:
+        ``(H, W)`` float32 array (area interpolation: a boolean mask becomes the share of each input pixel).
+    """
+    from monai.transforms import CenterSpatialCrop, Resize
+
+    grid = torch.as_tensor(np.asarray(array, dtype=np.float32))[None]
+    target = tuple(int(s) for s in input_shape[-2:])
+    resized, cropped = _geometry(preprocessing)
+    out = Resize(spatial_size=resized or target, mode="area")(grid)
+    if cropped and tuple(out.shape[1:]) != target:
+        out = CenterSpatialCrop(roi_size=target)(out)
+    if tuple(out.shape[1:]) != target:
+        out = Resize(spatial_size=target, mode="area")(out)
+    out = out.as_tensor() if hasattr(out, "as_tensor") else out
+    return np.asarray(out[0], dtype=np.float32)
 
 
 def save_cam_overlay(

@@ -1,0 +1,1 @@
+"""Is the model looking at the lungs? Shortcut probes of a trained run."""
