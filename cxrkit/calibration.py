@@ -167,14 +167,24 @@ class Calibration:
         """Calibrated probabilities."""
         return apply_temperature(y_prob, self.temperature)
 
+    @property
+    def at_bound(self) -> bool:
+        """Whether the fit stopped at the edge of its search range (e.g. validation predictions all right)."""
+        return not _T_RANGE[0] * 1.01 < self.temperature < _T_RANGE[1] / 1.01
+
     def describe(self) -> str:
         """One line for the CLI, the review page and reports."""
-        return (f"calibrated probabilities: temperature scaling, T = {self.temperature:.3g}, fitted on the "
+        text = (f"calibrated probabilities: temperature scaling, T = {self.temperature:.3g}, fitted on the "
                 f"{self.fitted_on} split ({self.n_images} images)")
+        if self.at_bound:
+            text += (f"; WARNING: T reached the edge of its range {_T_RANGE}: the {self.fitted_on} predictions are "
+                     "(nearly) all right or all wrong, so they cannot tell how confident the model should be; "
+                     "fit it on a larger validation part")
+        return text
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``calibration.json`` atomically."""
-        from cxrkit.engine.record import atomic_write_json
+        from cxrkit.atomic import atomic_write_json
 
         return atomic_write_json(path, asdict(self))
 

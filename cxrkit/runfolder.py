@@ -16,6 +16,11 @@ and serving read (see ``docs/training.md`` for the contract)::
     weights.json              initial backbone weights: plugin, architecture, path, sha256, pretrained
     metrics.json/.csv         one row per epoch; best metric and epoch
     predictions.csv           validation predictions of the best model
+    test/predictions.csv      held-out test predictions of the best model (no test part: absent)
+    test/metrics.json         its metrics
+    calibration.json          temperature fitted on the validation predictions (--calibrate true, `cxrkit calibrate`)
+    audit/                    shortcut audit: audit.json and figures (`cxrkit audit`, `cxrkit report`)
+    external/<name>/          evaluations on other collections (`cxrkit external`): predictions.csv, metrics.json
     versions.json             library versions and device
     summary.json              counts per class and split, skipped images, leakage audit, wall time
     tensorboard/              event files
@@ -135,6 +140,13 @@ class RunPaths:
     metrics_json = _child("metrics.json")
     metrics_csv = _child("metrics.csv")
     predictions = _child("predictions.csv")
+    test = _child("test")
+    test_predictions = _child("test", "predictions.csv")
+    test_metrics = _child("test", "metrics.json")
+    calibration = _child("calibration.json")
+    audit = _child("audit")
+    audit_json = _child("audit", "audit.json")
+    external = _child("external")
     versions = _child("versions.json")
     summary = _child("summary.json")
     tensorboard = _child("tensorboard")

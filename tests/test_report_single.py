@@ -21,7 +21,7 @@ from cxrkit.report.report import write_report
 from cxrkit.report.runfolder import RunFolderError
 from support.runfolders import CLASSES_3, assert_png, make_run_folder, md_tables, read_predictions
 
-FIGURES = ("roc.png", "confusion_matrix.png", "curves.png")
+FIGURES = ("roc.png", "confusion_matrix.png", "curves.png", "reliability.png")
 
 
 def ci_cell(text: str) -> tuple[float, float]:
@@ -57,9 +57,9 @@ def test_binary_report_numbers_equal_sklearn(tmp_path):
     y, prob = read_predictions(run)
     pred = prob.argmax(1)
 
-    check_table5(tables["Per-class scores (Table 5 layout)"][0], y, pred, ["COVID", "Normal"])
+    check_table5(tables["Per-class scores (Table 5 layout, validation images)"][0], y, pred, ["COVID", "Normal"])
 
-    headline = {row[0]: row[1:] for row in tables["Headline metrics"][0][1:]}
+    headline = {row[0]: row[1:] for row in tables["Headline metrics (validation images)"][0][1:]}
     expected = {
         "Accuracy": accuracy_score(y, pred),
         "F1 (macro avg)": precision_recall_fscore_support(y, pred, average="macro", zero_division=0)[2],
@@ -73,11 +73,11 @@ def test_binary_report_numbers_equal_sklearn(tmp_path):
         assert low <= float(headline[label][0]) <= high, label
     assert "300 resamples" in text and "seed 1" in text and "No resample was skipped" in text
 
-    cm = [[int(v) for v in row[1:-1]] for row in tables["Confusion matrix"][0][1:]]
+    cm = [[int(v) for v in row[1:-1]] for row in tables["Confusion matrix (validation images)"][0][1:]]
     assert cm == confusion_matrix(y, pred).tolist()
 
     epochs = json.loads((run / "metrics.json").read_text())["epochs"]
-    table6 = {row[0]: row[1:] for row in tables["Accuracy over the epochs (Table 6 layout)"][0][1:]}
+    table6 = {row[0]: row[1:] for row in tables["Accuracy over the epochs (Table 6 layout, training and validation parts)"][0][1:]}
     val = np.array([e["val_accuracy"] for e in epochs])
     assert float(table6["Validation"][0]) == pytest.approx(val.max(), abs=5e-5)
     assert int(table6["Validation"][1]) == epochs[int(val.argmax())]["epoch"]
@@ -114,14 +114,14 @@ def test_multiclass_report_one_vs_rest(tmp_path):
     tables = md_tables(text)
     y, prob = read_predictions(run)
     pred = prob.argmax(1)
-    check_table5(tables["Per-class scores (Table 5 layout)"][0], y, pred, CLASSES_3)
-    headline = {row[0]: row[1] for row in tables["Headline metrics"][0][1:]}
+    check_table5(tables["Per-class scores (Table 5 layout, validation images)"][0], y, pred, CLASSES_3)
+    headline = {row[0]: row[1] for row in tables["Headline metrics (validation images)"][0][1:]}
     assert float(headline["ROC AUC (macro, one-vs-rest)"]) == pytest.approx(
         roc_auc_score(y, prob, multi_class="ovr"), abs=5e-5)
     for k, cls in enumerate(CLASSES_3):
         assert float(headline[f"Sensitivity ({cls})"]) == pytest.approx(recall_score(y == k, pred == k), abs=5e-5)
         assert float(headline[f"Specificity ({cls})"]) == pytest.approx(recall_score(y != k, pred != k), abs=5e-5)
-    ovr = {row[0]: row for row in tables["Sensitivity, specificity and ROC AUC per class (one-vs-rest)"][0][1:]}
+    ovr = {row[0]: row for row in tables["Sensitivity, specificity and ROC AUC per class (one-vs-rest, validation images)"][0][1:]}
     assert float(ovr["Viral Pneumonia"][3]) == pytest.approx(roc_auc_score(y == 2, prob[:, 2]), abs=5e-5)
 
 
@@ -134,15 +134,15 @@ def test_empty_class_and_single_class_reports(tmp_path):
     text = write_report(run, bootstrap=100).read_text()
     assert "> **Warning:** class(es) Viral Pneumonia have no validation image" in text
     tables = md_tables(text)
-    check_table5(tables["Per-class scores (Table 5 layout)"][0], y, prob.argmax(1), CLASSES_3)
-    headline = {row[0]: row[1:] for row in tables["Headline metrics"][0][1:]}
+    check_table5(tables["Per-class scores (Table 5 layout, validation images)"][0], y, prob.argmax(1), CLASSES_3)
+    headline = {row[0]: row[1:] for row in tables["Headline metrics (validation images)"][0][1:]}
     assert headline["ROC AUC (macro, one-vs-rest)"] == ["n/a", "n/a"]
 
     # only COVID images in the validation set: AUC undefined -> n/a, every resample skipped and counted
     single = make_run_folder(tmp_path / "b", y_true=np.zeros(6, dtype=int),
                              y_prob=np.array([[.9, .1], [.8, .2], [.3, .7], [.6, .4], [.7, .3], [.55, .45]]))
     text = write_report(single, bootstrap=100).read_text()
-    headline = {row[0]: row[1:] for row in md_tables(text)["Headline metrics"][0][1:]}
+    headline = {row[0]: row[1:] for row in md_tables(text)["Headline metrics (validation images)"][0][1:]}
     assert headline["ROC AUC (COVID)"] == ["n/a", "n/a"]
     assert float(headline["Sensitivity (COVID)"][0]) == pytest.approx(5 / 6, abs=5e-5)
     assert "ROC AUC (COVID) 100 of 100" in text
@@ -152,7 +152,7 @@ def test_empty_class_and_single_class_reports(tmp_path):
 def test_positive_override_and_bootstrap_off(tmp_path):
     run = make_run_folder(tmp_path, n_val=40, epochs=3)
     text = write_report(run, bootstrap=0, positive="normal").read_text()
-    headline = {row[0]: row[1:] for row in md_tables(text)["Headline metrics"][0][1:]}
+    headline = {row[0]: row[1:] for row in md_tables(text)["Headline metrics (validation images)"][0][1:]}
     assert "Sensitivity (Normal)" in headline and headline["Accuracy"][1] == "not computed"
     with pytest.raises(ValueError, match="'Cancer' is not one of"):
         write_report(run, positive="Cancer", bootstrap=0)

@@ -181,7 +181,8 @@ def audit_run(run_dir: str | os.PathLike, *, dataset_dir: str | None = None, max
         occlusion_verdict,
         run_occlusion,
     )
-    from cxrkit.engine.record import atomic_write_json, relative_paths
+    from cxrkit.atomic import atomic_write_json
+    from cxrkit.engine.writers import relative_paths
     from cxrkit.serve.model import load_model
 
     started = time.perf_counter()

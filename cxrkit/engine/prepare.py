@@ -1,10 +1,12 @@
 """Data preparation for a run: dataset adapter, optional subset, image check, split or saved manifest.
 
 :func:`prepare_data` turns ``--dataset``/``--dataset_dir``/``--task`` into the
-training and validation lists a MONAI ``Dataset`` takes, plus everything the
-run record says about them (counts, skipped images, leakage audit).
-:func:`prepare_evaluation_data` labels a dataset with a trained model's class
-indices for evaluation. Both are called from the bundle configs.
+training, validation and held-out test lists a MONAI ``Dataset`` takes, plus
+everything the run record says about them (counts, skipped images, leakage and
+near-duplicate audit). :func:`prepare_evaluation_data` labels a dataset with a
+trained model's class indices for evaluation (a split part of the run's own
+dataset, or another collection through a class map). Both are called from the
+bundle configs.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cxrkit.options import flag, integer, optional
+from cxrkit.data.split import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
+from cxrkit.options import flag, integer, number, optional
 
-__all__ = ["PreparedData", "prepare_data", "prepare_evaluation_data"]
+__all__ = ["PreparedData", "prepare_data", "prepare_evaluation_data", "parse_class_map"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +41,8 @@ class PreparedData:
         split: the split object (``save(path)`` writes ``split.json``).
         skipped: unreadable images left out: ``{"image": relative path, "reason"}``.
         excluded_count: items the adapter excluded (unlabelled, wrong view...).
+        test: held-out test items, same keys (empty: no test part).
+        class_map: dataset class -> model class used to label an evaluation (empty: same names).
     """
 
     dataset: str
@@ -49,6 +54,8 @@ class PreparedData:
     split: Any = None
     skipped: list[dict[str, str]] = field(default_factory=list)
     excluded_count: int = 0
+    test: list[dict[str, Any]] = field(default_factory=list)
+    class_map: dict[str, str] = field(default_factory=dict)
 
     @property
     def train_class_counts(self) -> list[int]:
@@ -56,10 +63,11 @@ class PreparedData:
         return [sum(1 for it in self.train if it["label"] == k) for k in range(len(self.classes))]
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """Items per class name, per split."""
+        """Items per class name, per split part (``test`` only when there is a test part)."""
+        parts = (("train", self.train), ("val", self.val)) + ((("test", self.test),) if self.test else ())
         return {
             name: {c: sum(1 for it in items if it["label"] == k) for k, c in enumerate(self.classes)}
-            for name, items in (("train", self.train), ("val", self.val))
+            for name, items in parts
         }
 
     def leakage_summary(self) -> dict[str, Any]:
@@ -144,6 +152,8 @@ def prepare_data(
     options: Mapping[str, Any] | None = None,
     folds: Any = None,
     fold: Any = 0,
+    test_fraction: Any = None,
+    near_duplicates: Any = True,
 ) -> PreparedData:
     """Load a dataset, optionally subset it, check its images and split it (or reuse a split).
 
@@ -161,6 +171,9 @@ def prepare_data(
         options: extra keyword arguments for the dataset adapter.
         folds: k for a k-fold cross-validation split (``None``: a hold-out split of ``val_fraction``).
         fold: which of the ``folds`` folds is the validation part (0-based); recorded in ``split.json``.
+        test_fraction: share held out as the test part of a new split (``None``: 0.2; 0: none).
+        near_duplicates: hash every image (perceptual hash) so near-duplicate copies stay in one
+            part of a new split and are audited across parts and classes.
 
     Raises:
         ValueError: no ``--dataset_dir``, or bad option values.
@@ -193,14 +206,21 @@ def prepare_data(
     resumed = run_paths is not None and getattr(run_paths, "resuming", False) and run_paths.split.is_file()
     if resumed:
         manifest = run_paths.split
+    test_share = DEFAULT_TEST_FRACTION if optional(test_fraction) is None else number(
+        test_fraction, "test_fraction", minimum=0.0, maximum=0.95)
+    hashes = None
+    if flag(near_duplicates, "near_duplicates"):
+        from cxrkit.data.neardup import hash_images
+
+        hashes = hash_images([it["image"] for it in spec.items], progress=flag(progress, "progress"))
     if manifest is not None:
-        split = load_split(str(manifest), spec)
+        split = load_split(str(manifest), spec, hashes=hashes)
     elif n_folds is not None:
-        split = make_split(spec, seed=seed, folds=n_folds, fold=fold_index)
+        split = make_split(spec, seed=seed, folds=n_folds, fold=fold_index, test_fraction=test_share, hashes=hashes)
     else:
-        if not 0.0 < float(val_fraction) < 1.0:
-            raise ValueError(f"--val_fraction must be between 0 and 1, got {val_fraction}")
-        split = make_split(spec, val_fraction=float(val_fraction), seed=seed)
+        val_share = number(DEFAULT_VAL_FRACTION if optional(val_fraction) is None else val_fraction, "val_fraction",
+                           minimum=0.01, maximum=0.95)
+        split = make_split(spec, val_fraction=val_share, seed=seed, test_fraction=test_share, hashes=hashes)
     excluded = getattr(spec, "excluded", None) or {}
     data = PreparedData(
         dataset=str(dataset),
@@ -212,6 +232,7 @@ def prepare_data(
         split=split,
         skipped=skipped,
         excluded_count=sum(len(v) for v in excluded.values()) if isinstance(excluded, Mapping) else len(excluded),
+        test=_to_monai(getattr(split, "test", []) or []),
     )
     if not data.train or not data.val:
         raise ValueError(
@@ -220,6 +241,51 @@ def prepare_data(
         )
     logger.info("data: %s", data.counts())
     return data
+
+
+def parse_class_map(value: Any) -> dict[str, str]:
+    """``"COVID-19=COVID,No Finding=Normal"`` (or a mapping) -> ``{"COVID-19": "COVID", "No Finding": "Normal"}``.
+
+    Raises:
+        ValueError: an entry that is not ``DATASET_CLASS=MODEL_CLASS``.
+    """
+    value = optional(value)
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return {str(k).strip(): str(v).strip() for k, v in value.items()}
+    entries = [e for e in (value if isinstance(value, (list, tuple)) else str(value).split(",")) if str(e).strip()]
+    out: dict[str, str] = {}
+    for entry in entries:
+        source, eq, target = str(entry).partition("=")
+        if not eq or not source.strip() or not target.strip():
+            raise ValueError(f"--class_map entry {str(entry).strip()!r} is not DATASET_CLASS=MODEL_CLASS; e.g. "
+                             "--class_map 'COVID-19=COVID,No Finding=Normal'")
+        out[source.strip()] = target.strip()
+    return out
+
+
+def _remap(classes: Sequence[str], model_classes: Sequence[str], class_map: Mapping[str, str]) -> dict[int, int]:
+    """Dataset label index -> model output index (dataset classes left out are absent)."""
+    if not class_map:
+        unknown = [c for c in classes if c not in model_classes]
+        if unknown:
+            raise ValueError(
+                f"the dataset's classes {unknown} are not among the model's {list(model_classes)}; pick a --task "
+                "whose classes the model was trained on, or map them: --class_map 'DATASET_CLASS=MODEL_CLASS,...'")
+        return {k: list(model_classes).index(c) for k, c in enumerate(classes)}
+    lowered = {c.lower(): c for c in classes}
+    remap = {}
+    for source, target in class_map.items():
+        name = source if source in classes else lowered.get(source.lower())
+        if name is None:
+            raise ValueError(f"--class_map: {source!r} is not a class of the dataset (its classes: "
+                             f"{', '.join(classes)}); choose another --task or fix the name")
+        if target not in model_classes:
+            raise ValueError(f"--class_map: {target!r} is not a class of the model (its classes: "
+                             f"{', '.join(model_classes)})")
+        remap[list(classes).index(name)] = list(model_classes).index(target)
+    return remap
 
 
 def prepare_evaluation_data(
@@ -234,6 +300,8 @@ def prepare_evaluation_data(
     skip_bad_images: bool = False,
     progress: bool = True,
     seed: int = 0,
+    class_map: Any = None,
+    options: Mapping[str, Any] | None = None,
 ) -> PreparedData:
     """Items of a dataset labelled with the MODEL's class indices, for evaluating a trained model.
 
@@ -242,15 +310,18 @@ def prepare_evaluation_data(
         root: dataset folder.
         model_classes: the classes the model predicts, by output index.
         task: adapter task.
-        subset: ``all`` images, or ``val`` / ``train`` of ``split_manifest``.
-        split_manifest: the run's ``split.json`` (needed for ``val``/``train``).
+        subset: ``all`` images, or ``val`` / ``train`` / ``test`` of ``split_manifest``.
+        split_manifest: the run's ``split.json`` (needed for ``val``/``train``/``test``).
         max_items: evaluate at most this many images (stratified).
         skip_bad_images: leave unreadable images out instead of failing.
         progress: progress bar while checking images.
         seed: subset seed.
+        class_map: dataset class -> model class (``"COVID-19=COVID,No Finding=Normal"``); dataset
+            classes not in the map are left out. Default: the dataset's classes must be the model's.
+        options: extra keyword arguments for the dataset adapter (``allow_missing``, ``views``...).
 
     Raises:
-        ValueError: a dataset class the model does not know, or a bad ``subset``.
+        ValueError: a dataset class the model does not know, a bad ``class_map`` or ``subset``.
     """
     from cxrkit.data import load_dataset
     from cxrkit.data.split import load_split
@@ -261,32 +332,33 @@ def prepare_evaluation_data(
     root_path = Path(str(root)).expanduser().resolve()
     if not root_path.is_dir():
         raise ValueError(f"--dataset_dir {root}: no such folder")
-    spec = load_dataset(str(dataset), str(root_path), task=optional(task))
+    spec = load_dataset(str(dataset), str(root_path), task=optional(task), **dict(options or {}))
     classes = [str(c) for c in spec.classes]
     model_classes = [str(c) for c in model_classes]
-    unknown = [c for c in classes if c not in model_classes]
-    if unknown:
-        raise ValueError(
-            f"the dataset's classes {unknown} are not among the model's {model_classes}; pick a --task whose "
-            "classes the model was trained on"
-        )
-    if subset not in ("all", "val", "train"):
-        raise ValueError(f"--subset must be all, val or train, got {subset!r}")
+    mapping = parse_class_map(class_map)
+    remap = _remap(classes, model_classes, mapping)
+    if subset not in ("all", "val", "train", "test"):
+        raise ValueError(f"--subset must be all, val, train or test, got {subset!r}")
     items = list(spec.items)
     if subset != "all":
         manifest = optional(split_manifest)
         if manifest is None or not Path(str(manifest)).is_file():
             raise ValueError(f"--subset {subset} needs the run's split.json (--split_manifest FILE); none at {manifest}")
         items = list(getattr(load_split(str(manifest), spec), subset))
+        if not items:
+            raise ValueError(f"the split {manifest} has no {subset} part (made with --test_fraction 0?)")
+    left_out = sum(1 for it in items if int(it["label"]) not in remap)
+    items = [it for it in items if int(it["label"]) in remap]
+    if left_out:
+        logger.info("left out %d image(s) of dataset classes not in --class_map", left_out)
     limit = integer(max_items, "max_items", minimum=1, allow_none=True)
     if limit is not None and limit < len(items):
         items = _subset(items, limit, int(seed))
     good, skipped = _check(items, flag(skip_bad_images, "skip_bad_images"), flag(progress, "progress"), str(root_path))
-    remap = {k: model_classes.index(c) for k, c in enumerate(classes)}
     evaluated = _to_monai(good)
     for item in evaluated:
         item["label"] = remap[item["label"]]
     if not evaluated:
         raise ValueError(f"no image to evaluate in {root_path}")
     return PreparedData(str(dataset), optional(task), str(root_path), model_classes, [], evaluated,
-                        skipped=skipped)
+                        skipped=skipped, excluded_count=left_out, class_map=dict(mapping))

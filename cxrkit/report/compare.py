@@ -1,12 +1,18 @@
 """One comparison report across run folders trained on the same split (or the same k folds).
 
-Each weight source is one entry, ranked by validation accuracy, then macro F1.
-Several run folders of the same plugin whose split manifests carry different
-``fold`` numbers form a k-fold group: the tables use the pooled out-of-fold
-predictions (every image predicted once, by the model that did not train on
-it) and a cross-validation section lists each fold with the mean ± sample
-standard deviation (ddof=1) across folds. Runs that share a fold must share
-the split manifest and the validation images; when they do not, the
+Each weight source is one entry, ranked by accuracy on the headline split,
+then macro F1. The headline split is the held-out TEST part when every run has
+one (the same images for every source), else the validation part, with a
+warning that it also chose each model. Several run folders of the same plugin
+whose split manifests carry different ``fold`` numbers form a k-fold group: on
+the test part, every fold's model predicts the same images and the group's
+prediction is the mean of the fold models' probabilities (an ensemble); on the
+validation part the tables use the pooled out-of-fold predictions (every image
+predicted once, by the model that did not train on it). A cross-validation
+section lists each fold with the mean ± sample standard deviation (ddof=1)
+across folds. A section puts internal (validation, test) and external results
+(``external/<name>/`` of each run) side by side. Runs that share a fold must
+share the split manifest and the validation images; when they do not, the
 comparison is not like for like, and a :class:`SplitMismatchWarning` is
 issued, logged and printed at the top of the report.
 """
@@ -26,9 +32,11 @@ from tqdm.auto import tqdm
 
 from cxrkit.report.document import BulletList, Callout, Document, Figure, Heading, Paragraph, Table, fmt
 from cxrkit.report.figures import comparison_curves_figure, confusion_grid_figure, curve_arrays
+from cxrkit.report.evaluations import TEST, VALIDATION, SplitPredictions, describe_split
 from cxrkit.report.identity import unfinished
-from cxrkit.report.report import RunEvaluation, evaluate_run, write_document
+from cxrkit.report.report import RunEvaluation, evaluate_predictions, evaluate_run, write_document
 from cxrkit.report.runfolder import RunFolder, load_run
+from cxrkit.report.trust import with_ci
 from cxrkit.report.tables import accuracy_summary_table
 
 __all__ = [
@@ -152,12 +160,28 @@ def _pool(runs: list[RunFolder]) -> RunFolder:
     )
 
 
-def _with_ci(ev: RunEvaluation, key: str) -> str:
-    value = fmt(ev.point[key])
-    ci = ev.intervals.get(key) if ev.intervals else None
-    if ci is None or value == "n/a" or np.isnan(ci.low):
-        return value
-    return f"{value} ({ci.low:.4f} – {ci.high:.4f})"
+def _ensemble(runs: list[RunFolder], split: str) -> SplitPredictions:
+    """The k fold models' mean probabilities on the images they all predicted (the shared test part)."""
+    sets = [r.predictions(split) for r in runs]
+    common = sorted(set(sets[0].images).intersection(*(s.images for s in sets[1:])))
+    if len(common) < len(sets[0].images):
+        logger.warning("%s: the folds' %s images differ; the ensemble uses the %d they share", runs[0].plugin,
+                       split, len(common))
+    rows = [{img: k for k, img in enumerate(s.images)} for s in sets]
+    y_true = sets[0].y_true[[rows[0][i] for i in common]]
+    prob = np.mean([s.y_prob[[row[i] for i in common]] for s, row in zip(sets, rows)], axis=0)
+    return SplitPredictions(split, common, y_true, prob.argmax(1), prob, sets[0].source)
+
+
+def _evaluate_group(members: list[RunFolder], split: str, positive: str | int | None, bootstrap: int,
+                    seed: int) -> RunEvaluation:
+    """A k-fold group's evaluation on ``split``: pooled out-of-fold (validation) or the fold ensemble."""
+    if split == VALIDATION:
+        return evaluate_run(_pool(members), positive=positive, bootstrap=bootstrap, seed=seed, split=VALIDATION)
+    return evaluate_predictions(members[0], _ensemble(members, split), positive=positive, bootstrap=bootstrap,
+                                seed=seed)
+
+
 
 
 def summary_keys(ev: RunEvaluation) -> dict[str, str]:
@@ -168,7 +192,7 @@ def summary_keys(ev: RunEvaluation) -> dict[str, str]:
 def ranking_table(entries: Sequence[SourceEntry]) -> Table:
     """Ranked summary: one row per source with headline metrics and their CIs."""
     keys = summary_keys(entries[0].pooled)
-    rows = [[str(rank), e.label, str(len(e.folds)) if e.is_kfold else "–", *(_with_ci(e.pooled, k) for k in keys),
+    rows = [[str(rank), e.label, str(len(e.folds)) if e.is_kfold else "–", *(with_ci(e.pooled, k) for k in keys),
              str(e.pooled.metrics.n)] for rank, e in enumerate(entries, start=1)]
     return Table(["Rank", "Source", "Folds", *keys.values(), "Images"], rows)
 
@@ -182,7 +206,7 @@ def table5(entries: Sequence[SourceEntry]) -> Table:
             first = k == 0
             rows.append([str(rank) if first else "", e.label if first else "", cls, fmt(m.precision[k]),
                          fmt(m.recall[k]), fmt(m.f1[k]), str(int(m.support[k])),
-                         _with_ci(e.pooled, "accuracy") if first else ""])
+                         with_ci(e.pooled, "accuracy") if first else ""])
     return Table(["Rank", "Source", "Class", "Precision", "Recall", "F1", "Support", "Accuracy (95% CI)"], rows)
 
 
@@ -201,22 +225,58 @@ def fold_table(entry: SourceEntry) -> Table:
         v = np.asarray(values[key], dtype=float)
         stats.append("n/a" if np.isnan(v).any() else f"{v.mean():.4f} ± {v.std(ddof=1):.4f}")
     rows.append(["mean ± std", "", *stats, str(sum(ev.metrics.n for ev in entry.folds))])
-    rows.append(["pooled", "out-of-fold predictions", *(fmt(entry.pooled.point[k]) for k in columns),
+    pooled = "out-of-fold predictions" if entry.pooled.split == VALIDATION else "mean of the fold models"
+    rows.append(["pooled", pooled, *(fmt(entry.pooled.point[k]) for k in columns),
                  str(entry.pooled.metrics.n)])
     return Table(["Fold", "Run", *columns.values(), "Images"], rows)
 
 
-def _bootstrap_note(entries: Sequence[SourceEntry], n_resamples: int, seed: int) -> str:
+def _bootstrap_note(entries: Sequence[SourceEntry], n_resamples: int, seed: int, split: str = VALIDATION) -> str:
     if not n_resamples:
         return "Confidence intervals not computed (bootstrap switched off)."
+    pooled = "the shared test images" if split == TEST else "the pooled out-of-fold images"
     note = (f"95% confidence intervals: percentile bootstrap, {n_resamples} resamples with replacement of each "
-            f"source's validation images (k-fold groups: the pooled out-of-fold images), seed {seed}.")
+            f"source's {split} images (k-fold groups: {pooled}), seed {seed}.")
     skipped = [f"{e.label}: {e.pooled.labels[k]} {ci.n_skipped}" for e in entries
                for k, ci in (e.pooled.intervals or {}).items() if ci.n_skipped]
     if skipped:
         return note + " Resamples skipped because the metric was undefined there (a class missing): " + "; ".join(
             skipped) + f" (of {n_resamples})."
     return note + " No resample was skipped."
+
+
+def validation_table(entries: Sequence[SourceEntry], groups: Sequence[tuple[str, list[RunFolder]]],
+                     positive: str | int | None, bootstrap: int, seed: int) -> list:
+    """Accuracy (95% CI) of each source on validation, test and every external collection, side by side."""
+    members = dict(groups)
+    names = sorted({n for _, runs in groups for r in runs for n in r.external})
+    splits = [VALIDATION] + ([TEST] if any(r.test is not None for _, runs in groups for r in runs) else [])
+    splits += [f"external: {n}" for n in names]
+    rows = []
+    for e in entries:
+        runs = members[e.label]
+        cells = []
+        for split in splits:
+            have = all(split in r.splits for r in runs)
+            if not have:
+                cells.append("–")
+            elif e.pooled.split == split:
+                cells.append(with_ci(e.pooled, "accuracy"))
+            elif len(runs) == 1:
+                cells.append(with_ci(evaluate_run(runs[0], positive=positive, bootstrap=bootstrap, seed=seed,
+                                                  split=split), "accuracy"))
+            else:
+                cells.append(with_ci(_evaluate_group(runs, split, positive, bootstrap, seed), "accuracy"))
+        rows.append([e.label, *cells])
+    blocks: list = [Table(["Source", *(f"{s} accuracy" for s in splits)], rows)]
+    text = ("Accuracy with 95% bootstrap intervals on each split. Validation chose each model (optimistic); test is "
+            "held out from the same collection; external columns are other collections mapped onto these classes "
+            "(`cxrkit external`). A large drop from test to external is the signature of a model that learned its "
+            "sources rather than the disease.")
+    if not names:
+        text += " No run has an external evaluation yet."
+    blocks.append(Paragraph(text))
+    return blocks
 
 
 def _runs_table(entries: Sequence[SourceEntry]) -> Table:
@@ -262,14 +322,16 @@ def write_comparison(run_dirs: list[Path], out_dir: Path, *, bootstrap: int = 10
         logger.warning("runs disagree on positive_class; using %r from %s", runs[0].positive_class, runs[0].name)
     positive = positive if positive is not None else runs[0].positive_class
 
+    split = TEST if all(r.test is not None for r in runs) else VALIDATION
+    groups = group_runs(runs)
     entries = []
-    for label, members in tqdm(group_runs(runs), desc="evaluating sources", unit="source", disable=None, leave=False):
+    for label, members in tqdm(groups, desc="evaluating sources", unit="source", disable=None, leave=False):
         if len(members) == 1:
-            ev = evaluate_run(members[0], positive=positive, bootstrap=bootstrap, seed=seed)
+            ev = evaluate_run(members[0], positive=positive, bootstrap=bootstrap, seed=seed, split=split)
             entries.append(SourceEntry(label, (ev,), ev))
         else:
-            folds = tuple(evaluate_run(r, positive=positive, bootstrap=0, seed=seed) for r in members)
-            pooled = evaluate_run(_pool(members), positive=positive, bootstrap=bootstrap, seed=seed)
+            folds = tuple(evaluate_run(r, positive=positive, bootstrap=0, seed=seed, split=split) for r in members)
+            pooled = _evaluate_group(members, split, positive, bootstrap, seed)
             entries.append(SourceEntry(label, folds, pooled))
     entries.sort(key=lambda e: (-e.pooled.metrics.accuracy, -e.pooled.metrics.macro["f1"], e.label))
 
@@ -285,12 +347,20 @@ def write_comparison(run_dirs: list[Path], out_dir: Path, *, bootstrap: int = 10
             logger.warning("%s", problem)
             doc.add(Callout(problem))
     pos_text = classes[first.positive] if first.positive is not None else "none (one-vs-rest for every class)"
+    pooled_text = ("k-fold groups show the mean of their fold models' probabilities on the shared test images"
+                   if split == TEST else "k-fold groups show the pooled out-of-fold predictions")
     doc.add(Paragraph(
         f"Dataset: {first.run.dataset or 'not recorded'}; classes: {', '.join(classes)}; positive class: {pos_text}. "
-        "Sources are ranked by validation accuracy, then macro F1. Values in brackets are 95% bootstrap "
-        "confidence intervals; k-fold groups show the pooled out-of-fold predictions."))
-    doc.add(Heading("Ranking"), ranking_table(entries), Paragraph(_bootstrap_note(entries, bootstrap, seed)))
-    doc.add(Heading("Per-class scores (Table 5 layout)"), table5(entries))
+        f"Headline split: **{split}** ({describe_split(split)}). Sources are ranked by {split} accuracy, then macro "
+        f"F1. Values in brackets are 95% bootstrap confidence intervals; {pooled_text}."))
+    if split != TEST:
+        doc.add(Callout("not every run has a held-out test part: the ranking uses the VALIDATION part, which also "
+                        "chose each model's best epoch, so every number is optimistic. Train with --test_fraction "
+                        "0.2 (the default) for an honest comparison."))
+    doc.add(Heading(f"Ranking ({split} images)"), ranking_table(entries),
+            Paragraph(_bootstrap_note(entries, bootstrap, seed, split)))
+    doc.add(Heading(f"Per-class scores (Table 5 layout, {split} images)"), table5(entries))
+    doc.add(Heading("Internal and external validation"), *validation_table(entries, groups, positive, bootstrap, seed))
     table6_runs = [(e.label if not e.is_kfold else f"{e.label} (fold {ev.run.fold})", ev.run.epochs)
                    for e in entries for ev in e.folds]
     doc.add(Heading("Accuracy over the epochs (Table 6 layout)"), accuracy_summary_table(table6_runs, "Source"))
@@ -306,7 +376,8 @@ def write_comparison(run_dirs: list[Path], out_dir: Path, *, bootstrap: int = 10
     kfold = [e for e in entries if e.is_kfold]
     if kfold:
         doc.add(Heading("Cross-validation folds"),
-                Paragraph("Per-fold validation metrics; mean ± sample standard deviation (ddof=1) across folds."))
+                Paragraph(f"Per-fold metrics on the {split} images; mean ± sample standard deviation (ddof=1) "
+                          "across folds."))
         for e in kfold:
             doc.add(Heading(e.label, level=3), fold_table(e))
     doc.add(Heading("Skipped sources"))

@@ -138,9 +138,13 @@ def identity_table(run: RunFolder, positive: int | None) -> Table:
     best = (f"{run.best_metric or 'validation metric'} at epoch {run.best_epoch} of {n_epochs}"
             if run.best_epoch is not None else f"not recorded ({n_epochs} epochs)")
     split = run.split or {}
+    counts = split.get("counts") or {}
+    sizes = [sum(int(v) for v in (counts.get(p) or {}).values()) for p in ("train", "val", "test")]
+    parts = ("train / validation / test " + " / ".join(str(n) for n in sizes) if sizes[2]
+             else "train / validation " + " / ".join(str(n) for n in sizes[:2]) + ", no held-out test part")
     split_text = "not recorded (split.json missing)" if run.split is None else (
-        f"fold {run.fold}" + (f" of {split['n_folds']}" if split.get("n_folds") else "") if run.fold is not None
-        else "single train/validation split")
+        f"fold {run.fold}" + (f" of {split.get('folds') or split['n_folds']}" if split.get("folds") or split.get("n_folds") else "") + f" ({parts} images)"
+        if run.fold is not None else f"{parts} images")
     if split.get("seed") is not None:
         split_text += f", seed {split['seed']}"
     rows = [
@@ -155,6 +159,7 @@ def identity_table(run: RunFolder, positive: int | None) -> Table:
         ["Split", split_text],
         ["Best model", best],
         ["Validation images (predictions.csv)", str(len(run.y_true))],
+        ["Test images (test/predictions.csv)", str(run.test.n) if run.test is not None else "none: no test part"],
         ["Status", str(run.summary.get("status") or "not recorded")],
         ["Wall time", f"{float(wall) / 60:.1f} min" if isinstance(wall, (int, float)) else "not recorded"],
         ["Software", software or "not recorded (versions.json missing)"],
@@ -188,7 +193,7 @@ def data_blocks(run: RunFolder) -> list[Block]:
     audit = summary_part(run.summary, "leakage", "leakage_audit")
     items = _leakage_items(audit)
     if items:
-        blocks += [Paragraph("Leakage audit (train/validation overlap):"), BulletList(items)]
+        blocks += [Paragraph("Leakage audit (what the parts of the split share):"), BulletList(items)]
     else:
         blocks.append(Paragraph("Leakage audit: not recorded in `summary.json`."))
     if run.missing:

@@ -3,7 +3,11 @@
 A run folder is the unit of record: reports and comparisons read it and
 nothing else. :func:`load_run` reads and validates the files a report needs
 and fails with a :class:`RunFolderError` that names the file, what is wrong
-with it and how to fix it. Required: ``metrics.json`` and ``predictions.csv``.
+with it and how to fix it. Required: ``metrics.json`` and ``predictions.csv``
+(validation). Read when present: the held-out test predictions
+(``test/predictions.csv``), external evaluations (``external/<name>/``), the
+temperature (``calibration.json``) and the shortcut audit (``audit/audit.json``);
+see :mod:`cxrkit.report.evaluations`.
 The descriptive files (``weights.json``, ``summary.json``, ``split.json``,
 ``configs/metadata.json``, ``versions.json``, ``configs/train.yaml``) are read
 when present; a missing one is logged and shown as "not recorded", a corrupt
@@ -12,7 +16,6 @@ one is an error.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -22,20 +25,23 @@ from typing import Any
 
 import numpy as np
 
+from cxrkit.report.evaluations import (
+    PROB_SUM_TOL,
+    TEST,
+    VALIDATION,
+    RunFolderError,
+    SplitPredictions,
+    load_evaluations,
+    read_predictions,
+)
 from cxrkit.runfolder import RunPaths
 
-__all__ = ["RunFolder", "RunFolderError", "load_run", "resolve_positive"]
+__all__ = ["RunFolder", "RunFolderError", "load_run", "resolve_positive", "read_predictions", "PROB_SUM_TOL"]
 
 logger = logging.getLogger(__name__)
 
 #: Per-epoch keys the curves and Table 6 use.
 CURVE_KEYS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
-#: Tolerance on ``sum(prob_*) == 1`` per row of predictions.csv.
-PROB_SUM_TOL = 1e-3
-
-
-class RunFolderError(ValueError):
-    """A run folder file is missing or malformed; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,9 @@ class RunFolder:
         versions: ``versions.json`` (empty when absent).
         dataset: dataset name found in the run's records, or None.
         missing: names of the optional files that were absent.
+        test: the best model's predictions on the held-out test part, or None.
+        external: name -> predictions on another collection.
+        calibration: the fitted temperature (``calibration.json``), or None.
     """
 
     path: Path
@@ -79,6 +88,41 @@ class RunFolder:
     versions: dict[str, Any] = field(default_factory=dict)
     dataset: str | None = None
     missing: tuple[str, ...] = ()
+    test: SplitPredictions | None = None
+    external: dict[str, SplitPredictions] = field(default_factory=dict)
+    calibration: Any = None
+
+    @property
+    def validation(self) -> SplitPredictions:
+        """The validation predictions (``predictions.csv``)."""
+        return SplitPredictions(VALIDATION, self.images, self.y_true, self.y_pred, self.y_prob,
+                                self.path / "predictions.csv")
+
+    @property
+    def headline(self) -> SplitPredictions:
+        """The predictions a report leads with: the held-out test part, else validation."""
+        return self.test if self.test is not None else self.validation
+
+    def predictions(self, split: str) -> SplitPredictions:
+        """The predictions of ``validation``, ``test`` or ``external: <name>`` (or a bare external name).
+
+        Raises:
+            RunFolderError: the run has no such predictions.
+        """
+        if split == VALIDATION:
+            return self.validation
+        if split == TEST and self.test is not None:
+            return self.test
+        name = split.split(":", 1)[-1].strip()
+        if split != TEST and name in self.external:
+            return self.external[name]
+        raise RunFolderError(f"{self.path}: no {split} predictions (available: "
+                             f"{', '.join(self.splits)})")
+
+    @property
+    def splits(self) -> list[str]:
+        """Every prediction set of the run: validation, test (if any), external ones."""
+        return [VALIDATION] + ([TEST] if self.test is not None else []) + [e.split for e in self.external.values()]
 
     @property
     def name(self) -> str:
@@ -198,63 +242,6 @@ def _read_metrics(path: Path) -> dict[str, Any]:
     }
 
 
-def _read_predictions(path: Path, n_classes: int) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    if not path.is_file():
-        raise RunFolderError(
-            f"{path}: file not found (validation predictions of the best model). "
-            "The training did not finish its final evaluation; re-run or resume it."
-        )
-    prob_cols = [f"prob_{k}" for k in range(n_classes)]
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        needed = ["image", "label", "pred", *prob_cols]
-        absent = [c for c in needed if c not in header]
-        if absent:
-            raise RunFolderError(
-                f"{path}: missing column(s) {', '.join(absent)} (found: {', '.join(header) or 'no header'}). "
-                f"Expected image,label,pred,{','.join(prob_cols)} for the {n_classes} classes in metrics.json."
-            )
-        images, labels, preds, probs = [], [], [], []
-        for line, row in enumerate(reader, start=2):
-            try:
-                labels.append(int(row["label"]))
-                preds.append(int(row["pred"]))
-                probs.append([float(row[c]) for c in prob_cols])
-            except (TypeError, ValueError):
-                raise RunFolderError(
-                    f"{path}, line {line}: label and pred must be integers and prob_* numbers, got "
-                    f"label={row.get('label')!r}, pred={row.get('pred')!r}. A report needs the true label of "
-                    "every validation image; these predictions look like an unlabelled inference run."
-                ) from None
-            images.append(row["image"])
-    if not labels:
-        raise RunFolderError(f"{path}: no prediction rows; the validation split was empty.")
-    y_true, y_pred, y_prob = np.asarray(labels), np.asarray(preds), np.asarray(probs, dtype=np.float64)
-    for name, arr in (("label", y_true), ("pred", y_pred)):
-        bad = np.flatnonzero((arr < 0) | (arr >= n_classes))
-        if bad.size:
-            raise RunFolderError(
-                f"{path}, line {bad[0] + 2}: {name}={arr[bad[0]]} is outside 0..{n_classes - 1} "
-                f"({bad.size} such row(s)); labels must index metrics.json 'classes'."
-            )
-    if not np.isfinite(y_prob).all() or (y_prob < 0).any() or (y_prob > 1).any():
-        line = int(np.flatnonzero(~np.isfinite(y_prob).all(1) | (y_prob < 0).any(1) | (y_prob > 1).any(1))[0]) + 2
-        raise RunFolderError(f"{path}, line {line}: probabilities must be finite numbers in [0, 1].")
-    off = np.abs(y_prob.sum(1) - 1.0) > PROB_SUM_TOL
-    if off.any():
-        line = int(np.flatnonzero(off)[0]) + 2
-        raise RunFolderError(
-            f"{path}, line {line}: prob_* sum to {y_prob[line - 2].sum():.4f}, not 1 ({int(off.sum())} row(s)); "
-            "the columns must hold softmax probabilities, not logits or sigmoid outputs."
-        )
-    disagree = int((y_pred != y_prob.argmax(1)).sum())
-    if disagree:
-        logger.warning("%s: %d row(s) have pred different from argmax(prob_*); metrics use the pred column",
-                       path, disagree)
-    return images, y_true, y_pred, y_prob
-
-
 def _find_dataset(run_dir: Path, split: dict | None, summary: dict) -> str | None:
     for source in (split or {}, summary):
         for key in ("dataset", "dataset_name"):
@@ -293,7 +280,8 @@ def load_run(run_dir: str | Path) -> RunFolder:
     paths = RunPaths(run_dir)
     metrics = _read_metrics(paths.metrics_json)
     classes = metrics["classes"]
-    images, y_true, y_pred, y_prob = _read_predictions(paths.predictions, len(classes))
+    images, y_true, y_pred, y_prob = read_predictions(paths.predictions, len(classes))
+    test, external = load_evaluations(run_dir, classes)
 
     optional = {
         "weights.json": paths.weights,
@@ -343,7 +331,19 @@ def load_run(run_dir: str | Path) -> RunFolder:
         versions=found["versions.json"],
         dataset=_find_dataset(run_dir, split, found["summary.json"]),
         missing=tuple(missing),
+        test=test,
+        external=external,
+        calibration=_calibration(run_dir),
     )
+
+
+def _calibration(run_dir: Path) -> Any:
+    from cxrkit.calibration import CalibrationError, read_calibration
+
+    try:
+        return read_calibration(run_dir)
+    except CalibrationError as exc:
+        raise RunFolderError(str(exc)) from None
 
 
 def resolve_positive(classes: list[str], requested: str | int | None, default: str | None = None) -> int | None:
