@@ -2,7 +2,9 @@
 
 Fixtures here: ``fake_dists`` (installed distributions with entry points), ``scratch`` / ``drop_checkpoints`` /
 ``tiny`` (weight files), ``tiny_run`` (a run trained once per session), ``weights_store`` / ``isolated``
-(a private weights folder, HOME and feature cache), ``label_server`` (a real MONAI Label server).
+(a private weights folder, HOME and feature cache), ``label_server`` (a real MONAI Label server),
+``shortcut_plugin`` / ``shortcut_runs`` (runs trained on synthetic sets with a known answer: the class is a
+corner marker, or lives inside the lungs).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 from support.label import LabelServer, make_studies, require_label_python
 from support.paths import REPO, SHARED_DATA, shared_data
+from support.shortcuts import plugin_registered, train_small
 from support.training import train_tiny_run, write_inat_swav
 from support.weights import TINY
 
@@ -179,3 +182,43 @@ def label_server(tmp_path_factory):
     server = LabelServer(run, studies, work, python).start()
     yield server, run, studies
     server.stop()
+
+
+# ---- runs with a known answer (shortcut probes, reports, calibration) ---------------------------------------
+@pytest.fixture
+def shortcut_plugin():
+    """The test-only weight plugin ``shortcut_cnn``, registered for one test (to load the shortcut runs)."""
+    with plugin_registered() as name:
+        yield name
+
+
+@pytest.fixture(scope="session")
+def shortcut_runs(tmp_path_factory):
+    """``shortcut_cnn`` runs trained on the synthetic sets whose class is only a corner marker / only inside the
+    lungs: ``{"marker": run_dir, "lungs": run_dir, "data": {"marker": dataset_dir, "lungs": dataset_dir}}``.
+
+    Trained once per test session: xdist workers share the folder under a file lock. Tests that change a run
+    folder copy it first.
+    """
+    import json
+    import os
+
+    from filelock import FileLock
+
+    from cxrkit.audit.synthetic import make_shortcut_dataset
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # one folder for all workers of THIS session
+        base = base.parent
+    root = base / "shortcut-runs"
+    root.mkdir(exist_ok=True)
+    with FileLock(str(root / ".lock")):
+        done = root / "done.json"
+        if not done.is_file():
+            data = {s: make_shortcut_dataset(root / f"data-{s}", s, per_class=40, size=64, seed=1)
+                    for s in ("marker", "lungs")}
+            runs = {s: train_small(root / "bundles", data[s], root / f"run-{s}") for s in ("marker", "lungs")}
+            done.write_text(json.dumps({"runs": {k: str(v) for k, v in runs.items()},
+                                        "data": {k: str(v) for k, v in data.items()}}))
+        record = json.loads(done.read_text())
+    return {**{k: Path(v) for k, v in record["runs"].items()}, "data": {k: Path(v) for k, v in record["data"].items()}}

@@ -175,13 +175,20 @@ def test_full_bundle_run_with_monai_runner_then_evaluate_and_infer(tmp_path):
         assert key in row, key
     assert row["lr"] == 0.001
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "finished" and summary["counts"]["val"] == {"COVID": 2, "Normal": 2}
+    counts = summary["counts"]
+    assert summary["status"] == "finished" and set(counts) == {"train", "val", "test"}
+    assert sum(sum(c.values()) for c in counts.values()) == 16 and min(counts["test"].values()) >= 1
+    n_val, n_test = sum(counts["val"].values()), sum(counts["test"].values())
+    test_metrics = json.loads((run / "test" / "metrics.json").read_text())
+    assert test_metrics["split"] == "test" and test_metrics["n_images"] == n_test
+    with (run / "test" / "predictions.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == n_test
     assert summary["leakage"]["ok"] is True and summary["wall_time_s"] > 0
     versions = json.loads((run / "versions.json").read_text())
     assert {"python", "torch", "torchvision", "monai", "ignite", "numpy", "cxrkit", "device"} <= set(versions)
     with (run / "predictions.csv").open() as fh:
         preds = list(csv.DictReader(fh))
-    assert len(preds) == 4 and all(not Path(p["image"]).is_absolute() for p in preds)
+    assert len(preds) == n_val and all(not Path(p["image"]).is_absolute() for p in preds)
     probs = np.array([[float(p["prob_0"]), float(p["prob_1"])] for p in preds])
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
     assert [int(p["pred"]) for p in preds] == probs.argmax(1).tolist()
@@ -196,7 +203,7 @@ def test_full_bundle_run_with_monai_runner_then_evaluate_and_infer(tmp_path):
     assert main(["run", "evaluate", str(run), "--dataset_dir", str(data), "--subset", "val",
                  "--device", "cpu", "--progress", "false"]) == 0
     evaluation = json.loads((run / "evaluation" / "metrics.json").read_text())
-    assert evaluation["n_images"] == 4
+    assert evaluation["n_images"] == n_val
     assert evaluation["metrics"]["accuracy"] == pytest.approx(row["val_accuracy"])
     assert evaluation["metrics"]["auc"] == pytest.approx(row["val_auc"])
     with (run / "evaluation" / "predictions.csv").open() as fh:

@@ -56,7 +56,9 @@ def test_kfold_splits_are_recorded_and_disjoint(isolated):
     root = shared_data(*RADIOGRAPHY)
     parts = [prepare_data("radiography", root, max_items=20, progress=False, folds=2, fold=k) for k in (0, 1)]
     vals = [{it["image"] for it in p.val} for p in parts]
-    assert vals[0].isdisjoint(vals[1]) and len(vals[0] | vals[1]) == 20
+    tests = [{it["image"] for it in p.test} for p in parts]
+    assert tests[0] == tests[1] and len(tests[0]) == 4  # one held-out test part, shared by every fold
+    assert vals[0].isdisjoint(vals[1]) and len(vals[0] | vals[1]) == 16 and not (vals[0] | vals[1]) & tests[0]
     assert [p.split.manifest["fold"] for p in parts] == [0, 1]
     assert all(p.split.manifest["folds"] == 2 for p in parts)
     with pytest.raises(ValueError, match="--fold must be between 0 and 1"):
@@ -75,11 +77,11 @@ def test_compare_finetune_two_plugins_one_split(isolated, capsys):
 
     # one split, written once, used by every run
     split = json.loads((out / "split.json").read_text())
-    assert len(split["train"]) + len(split["val"]) == 12
+    assert len(split["train"]) + len(split["val"]) + len(split["test"]) == 12 and len(split["test"]) >= 2
     for plugin in ("random", "inat_swav"):
         run = out / "runs" / plugin
         assert json.loads((run / "split.json").read_text()) == split
-        assert (run / "models" / "model.pt").is_file()
+        assert (run / "models" / "model.pt").is_file() and (run / "test" / "predictions.csv").is_file()
         metrics = json.loads((run / "metrics.json").read_text())
         assert [row["epoch"] for row in metrics["epochs"]] == [1]
         config = yaml.safe_load((run / "configs" / "train.yaml").read_text())
@@ -90,7 +92,7 @@ def test_compare_finetune_two_plugins_one_split(isolated, capsys):
 
     # the report ranks both sources and lists the skipped one with its import command
     text = (out / "comparison.md").read_text()
-    ranking = md_tables(text)["Ranking"][0]
+    ranking = md_tables(text)["Ranking (test images)"][0]
     assert [row[0] for row in ranking[1:]] == ["1", "2"]
     assert sorted(row[1] for row in ranking[1:]) == ["inat_swav", "random"]
     skipped = text.split("## Skipped sources", 1)[1]

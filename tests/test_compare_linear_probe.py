@@ -71,7 +71,7 @@ def test_linear_probe_caches_features_and_reports_failures(isolated, forward_cal
         ("random", "finished", False), ("inat_swav", "finished", False), ("moco_v2", "failed", None)]
     assert first.runs[2].error.startswith("CorruptCheckpointError: ") and "not a PyTorch checkpoint" in first.runs[2].error
     text = first.report.read_text()
-    assert sorted(row[1] for row in md_tables(text)["Ranking"][0][1:]) == ["inat_swav", "random"]
+    assert sorted(row[1] for row in md_tables(text)["Ranking (test images)"][0][1:]) == ["inat_swav", "random"]
     skipped = text.split("## Skipped sources", 1)[1]
     assert "**moco_v2**: run failed" in skipped and "cxrkit weights import swav" in skipped
 
@@ -190,12 +190,14 @@ def test_kfold_linear_probe_comparison(isolated, forward_calls):
     assert len(forward_calls) == 2  # fold 1 reuses fold 0's features (same images)
     splits = [json.loads(p.read_text()) for p in result.splits]
     vals = [{e["image"] for e in s["val"]} for s in splits]
-    assert vals[0].isdisjoint(vals[1]) and len(vals[0] | vals[1]) == 12
+    tests = [{e["image"] for e in s["test"]} for s in splits]
+    assert tests[0] == tests[1] and tests[0] and not (vals[0] | vals[1]) & tests[0]
+    assert vals[0].isdisjoint(vals[1]) and len(vals[0] | vals[1]) + len(tests[0]) == 12
     for run in result.runs:
         manifest = json.loads((Path(run.run_dir) / "split.json").read_text())
         assert manifest["fold"] == run.fold and manifest == splits[run.fold]
     tables = md_tables(result.report.read_text())
-    assert sorted(row[1] for row in tables["Ranking"][0][1:]) == ["inat_swav", "random"]
+    assert sorted(row[1] for row in tables["Ranking (test images)"][0][1:]) == ["inat_swav", "random"]
     for plugin in ("random", "inat_swav"):
         rows = tables[plugin][0]
         assert [r[0] for r in rows[1:]] == ["0", "1", "mean ± std", "pooled"]

@@ -204,3 +204,31 @@ def test_label_server_needs_its_token_and_its_own_host_name(server, tiny_run, st
         assert resp.status == 421 and image.encode() not in resp.read()
     finally:
         conn.close()
+
+
+def test_label_server_applies_the_runs_calibration(server, tiny_run, studies, capsys):  # noqa: F811
+    """calibration.json in the run folder: the server answers calibrated scores and says so (and predict agrees)."""
+    from cxrkit.calibration import Calibration, apply_temperature
+
+    base, _ = server
+    image = sorted(p for p in studies.iterdir() if p.suffix == ".png")[0]
+    status, body, _ = _infer(base, tiny_run.name, image.stem)
+    before = json.loads(body)
+    assert status == 200 and before["calibration"]["calibrated"] is False
+    file = tiny_run / "calibration.json"
+    Calibration(3.0, "validation", 10, 0.9, 0.5, 0.3, 0.05).save(file)
+    try:
+        status, body, _ = _infer(base, tiny_run.name, image.stem)
+        after = json.loads(body)
+        assert status == 200 and after["calibration"]["calibrated"] is True
+        assert after["calibration"]["temperature"] == 3.0 and "T = 3" in after["calibration"]["text"]
+        raw = np.array([[p["score"] for p in before["prediction"]]])
+        expected = apply_temperature(raw, 3.0)[0]
+        assert [p["score"] for p in after["prediction"]] == pytest.approx(expected.tolist(), abs=1e-4)
+        assert after["predicted"]["label"] == before["predicted"]["label"]
+        assert main(["predict", str(tiny_run), str(image), "--json", "--device", "cpu"]) == 0
+        local = json.loads(capsys.readouterr().out)
+        assert local["calibrated"] is True and "fitted on the validation split" in local["calibration"]
+        assert list(local["predictions"][0]["probabilities"].values()) == pytest.approx(expected.tolist(), abs=1e-4)
+    finally:
+        file.unlink()

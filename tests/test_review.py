@@ -57,6 +57,18 @@ def test_parse_infer_formats_and_errors():
         parse_infer({"label": "segmentation.nii.gz"}, "spleen")
 
 
+def test_answer_says_whether_probabilities_are_calibrated():
+    from cxrkit.review.page import _calibration_text
+
+    rows = [{"idx": 0, "label": "A", "score": 0.3}, {"idx": 1, "label": "B", "score": 0.7}]
+    text = "calibrated probabilities: temperature scaling, T = 1.7, fitted on the validation split (40 images)"
+    calibrated = parse_infer({"prediction": rows, "calibration": {"calibrated": True, "text": text}})
+    assert calibrated.calibration == text
+    assert _calibration_text(calibrated).startswith("Calibrated probabilities: temperature scaling, T = 1.7")
+    plain = parse_infer({"prediction": rows, "calibration": {"calibrated": False, "text": "as trained"}})
+    assert plain.calibration is None and "not calibrated" in _calibration_text(plain)
+
+
 def test_multipart_round_trip():
     body, ctype = _multipart({"params": (None, b'{"a": 1}', "application/json"),
                               "image": ("x.png", b"\x89PNG\r\n", "image/png")})

@@ -109,8 +109,14 @@ class EvidenceVerdict:
     text: str
 
 
-def evidence_verdict(shares: np.ndarray, area_share: float) -> EvidenceVerdict:
-    """Compare the median lung share with the lung region's area share."""
+def evidence_verdict(shares: np.ndarray, area_share: float, near_chance: bool = False) -> EvidenceVerdict:
+    """Compare the median lung share with the lung region's area share.
+
+    Args:
+        shares: per-image lung shares (:func:`lung_shares`).
+        area_share: the lung region's mean share of the image.
+        near_chance: the model is near chance on these images: its evidence means little (never flagged).
+    """
     valid = np.asarray(shares, dtype=float)
     valid = valid[np.isfinite(valid)]
     if valid.size == 0:
@@ -119,6 +125,10 @@ def evidence_verdict(shares: np.ndarray, area_share: float) -> EvidenceVerdict:
     median = float(np.median(valid))
     numbers = (f"median {median:.0%} of the Grad-CAM energy inside the lungs, which cover {area_share:.0%} of the "
                f"image; {np.mean(valid < area_share):.0%} of the images put less inside than an even spread would")
+    if near_chance:
+        return EvidenceVerdict(False, median, area_share, (
+            f"Inconclusive: the model is near chance on these images, so where its evidence lies means little "
+            f"({numbers})."))
     if median < area_share:
         return EvidenceVerdict(True, median, area_share, (
             f"SHORTCUT SUSPECTED: the evidence lies mostly OUTSIDE the lungs ({numbers})."))

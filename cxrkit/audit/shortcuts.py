@@ -211,7 +211,8 @@ def audit_run(run_dir: str | os.PathLike, *, dataset_dir: str | None = None, max
     area_share = float(np.mean(masks))
     occ = occlusion_verdict(conditions)
     occ_blur = occlusion_verdict(conditions, fill="blur")
-    ev = evidence_verdict(shares, area_share)
+    baseline = conditions[0].balanced_accuracy
+    ev = evidence_verdict(shares, area_share, near_chance=not baseline >= MIN_BASELINE)
     titles = [Path(n).name for n in names]
     picked = example_indices(labels)
     figs = {

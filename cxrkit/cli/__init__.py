@@ -46,6 +46,9 @@ COMMANDS: dict[str, str] = {
     "label": "cxrkit.cli.label_cmd",
     "review": "cxrkit.cli.review_cmd",
     "bench": "cxrkit.cli.bench_cmd",
+    "audit": "cxrkit.cli.audit_cmd",
+    "calibrate": "cxrkit.cli.calibrate_cmd",
+    "external": "cxrkit.cli.external_cmd",
 }
 
 

@@ -47,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_option(p, "--max_items", type=positive, default=None, metavar="N", help="use at most N images (quick runs)")
     add_option(p, "--val_fraction", type=arg_type(number, minimum=0.0, maximum=1.0), default=0.2, metavar="F",
                help="validation share of a hold-out split (default: 0.2)")
+    add_option(p, "--test_fraction", type=arg_type(number, minimum=0.0, maximum=0.95), default=0.2, metavar="F",
+               help="held-out test share, shared by every plugin and fold; the report ranks on it (default: 0.2; "
+                    "0: none)")
     add_option(p, "--feature_cache", "--cache_dir", default=None, metavar="DIR",
                help="feature cache of --mode linear_probe (default: $CXRKIT_FEATURE_CACHE or ~/.cache/cxrkit/features)")
     add_common(p, "bootstrap")
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         dataset=args.dataset, dataset_dir=args.dataset_dir, task=args.task, plugins=[args.plugins], mode=args.mode,
         folds=args.folds, output_dir=args.output_dir, epochs=args.epochs, image_size=args.image_size,
         batch_size=args.batch_size, seed=args.seed, weights_dir=args.weights_dir, max_items=args.max_items,
-        device=args.device, val_fraction=args.val_fraction, feature_cache=args.feature_cache,
+        device=args.device, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        feature_cache=args.feature_cache,
         bootstrap=args.bootstrap, progress=args.progress,
     )
     try:

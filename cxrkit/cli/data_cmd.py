@@ -1,9 +1,11 @@
 """``cxrkit data check|tasks``: what a dataset folder holds, whether it reads, and whether a split leaks.
 
 ``cxrkit data check --dataset NAME --dataset_dir DIR`` loads the dataset for a
-task, checks every image, makes the split the training would make, and prints
-counts per class and split, left-out and unreadable files, and the leakage
-audit. It exits with 1 when an image is unreadable or the split leaks. Adapter
+task, checks every image, hashes every image (near-duplicate copies), makes the
+split the training would make (train / validation / held-out test), and prints
+counts per class and part, left-out and unreadable files, the leakage audit and
+near-duplicate pairs across parts and across classes. It exits with 1 when an
+image is unreadable or the split leaks. Adapter
 options are given as ``--name value`` (e.g. ``--views PA,AP`` for cohen,
 ``--label_column dx`` for csv). The older form ``cxrkit data check DATASET ROOT``
 still works.
@@ -43,6 +45,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_common(c, "seed", help="split seed (default 0)")
     add_option(c, "--val_fraction", type=arg_type(number, minimum=0.0, maximum=1.0), default=0.2, metavar="F",
                help="validation share (default 0.2)")
+    add_option(c, "--test_fraction", type=arg_type(number, minimum=0.0, maximum=0.95), default=0.2, metavar="F",
+               help="held-out test share (default 0.2; 0: none)")
+    add_option(c, "--no_near_duplicates", dest="near_duplicates", action="store_false",
+               help="skip the perceptual-hash near-duplicate check (faster on huge collections)")
     add_option(c, "--folds", type=arg_type(integer, minimum=1), metavar="K",
                help="k-fold cross-validation instead of a hold-out split")
     add_option(c, "--fold", type=arg_type(integer, minimum=0), default=0, metavar="K",
@@ -119,27 +125,52 @@ def run_check(args: argparse.Namespace) -> int:
         raise CLIError("no readable image left")
     spec.items = checked.good
 
+    hashes = None
+    if args.near_duplicates:
+        from cxrkit.data.neardup import hash_images
+
+        hashes = hash_images([i["image"] for i in spec.items], progress=args.progress, workers=args.workers)
     try:
         split = make_split(
             spec, val_fraction=args.val_fraction, seed=args.seed, folds=args.folds, fold=args.fold,
-            use_predefined=args.use_predefined,
+            use_predefined=args.use_predefined, test_fraction=args.test_fraction, hashes=hashes,
         )
     except DatasetError as exc:
         raise CLIError(str(exc)) from None
-    train, val = split.manifest["counts"]["train"], split.manifest["counts"]["val"]
-    rows = [(c, train[c], val[c], train[c] + val[c]) for c in spec.classes]
-    rows.append(("total", len(split.train), len(split.val), len(split.train) + len(split.val)))
+    counts = split.manifest["counts"]
+    train, val, test = counts["train"], counts["val"], counts.get("test") or {}
+    rows = [(c, train[c], val[c], test.get(c, 0), train[c] + val[c] + test.get(c, 0)) for c in spec.classes]
+    rows.append(("total", len(split.train), len(split.val), len(split.test),
+                 len(split.train) + len(split.val) + len(split.test)))
     print(f"split: {split.manifest['strategy']}")
-    print(format_table(["class", "train", "val", "total"], rows))
+    if split.manifest.get("test_note"):
+        print(f"note: {split.manifest['test_note']}")
+    print(format_table(["class", "train", "val", "test", "total"], rows))
     print(split.audit.summary())
-    if not split.audit.ok:
-        for a, b in split.audit.duplicate_images[:10]:
-            print(f"  identical files: {a} == {b}")
-        for path in split.audit.overlap_images[:10]:
-            print(f"  validation image of a patient also in training: {path}")
+    _print_audit(split)
     if args.save_split:
         print(f"split manifest written to {split.save(args.save_split)}")
     return 1 if checked.bad or not split.audit.ok else 0
+
+
+def _print_audit(split) -> None:
+    audit = split.audit
+    for a, b in audit.duplicate_images[:10]:
+        print(f"  identical files: {a} == {b}")
+    for path in audit.overlap_images[:10]:
+        print(f"  validation/test image of a patient also in an earlier part: {path}")
+    if audit.near_duplicate_threshold is None:
+        print("near-duplicates: not checked (--no_near_duplicates)")
+        return
+    groups = split.manifest.get("near_duplicate_groups") or 0
+    print(f"near-duplicates (perceptual hash, <= {audit.near_duplicate_threshold} of 256 bits): "
+          f"{len(audit.near_duplicates)} pair(s) across parts, {len(audit.near_duplicates_across_classes)} "
+          f"across classes; {groups} group(s) of copies kept in one part")
+    for pair in audit.near_duplicates[:10]:
+        print(f"  copy across parts ({' / '.join(pair['parts'])}, {pair['distance']} bits): {pair['a']} ~ {pair['b']}")
+    for pair in audit.near_duplicates_across_classes[:10]:
+        print(f"  copy with another class ({' / '.join(pair['classes'])}, {pair['distance']} bits): "
+              f"{pair['a']} ~ {pair['b']}")
 
 
 def run_tasks(args: argparse.Namespace) -> int:

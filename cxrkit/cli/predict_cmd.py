@@ -83,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if result.predictions:
             print(_table(result))
+            print(f"\n{result.calibration}" if result.calibration else
+                  "\nprobabilities as trained (not calibrated; `cxrkit calibrate RUN_DIR` fits a temperature)")
         if args.cam and result.predictions:
             print(f"\nGrad-CAM overlays in {args.cam}")
     for failure in result.failures:

@@ -7,14 +7,16 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from cxrkit.options import CommandFormatter, add_common
+    from cxrkit.options import CommandFormatter, add_common, add_option
 
     p = sub.add_parser(
         "report",
         help="write report.md / report.html with tables, figures and 95%% CIs for a run folder",
         description="Read a finished run folder and write report.md (PNG figures beside it) and a "
-        "self-contained report.html: run identity, Table 5 per-class scores, sensitivity/specificity, "
-        "ROC AUC, confusion matrix, loss/accuracy curves, Table 6 accuracy summary, bootstrap 95%% CIs.",
+        "self-contained report.html: run identity, headline metrics and Table 5 on the held-out test part, "
+        "results by split (validation, test, external collections), sensitivity/specificity, ROC AUC, confusion "
+        "matrix, calibration (ECE, reliability diagram), the shortcut audit, near-duplicate images, loss/accuracy "
+        "curves, Table 6 accuracy summary, bootstrap 95%% CIs.",
         formatter_class=CommandFormatter,
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder (runs/<plugin>-<timestamp>/)")
@@ -23,6 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_common(p, "seed", help="bootstrap seed (default: 0)")
     add_common(p, "positive_class", "--positive",
                help="positive class name or index (default: the run's positive_class, else class 0 when binary)")
+    add_option(p, "--audit", choices=("auto", "true", "false"), default="auto",
+               help="shortcut audit section: auto (default: use RUN_DIR/audit, run `cxrkit audit` first when it is "
+                    "missing and the model and dataset are there), true (run it again), false (leave it out)")
+    add_common(p, "dataset_dir", default=None,
+               help="where the run's dataset is now, for the audit (default: the root in split.json)")
+    add_common(p, "device", help="device of the audit: auto (default: CUDA when available), cpu, cuda or cuda:N")
     p.set_defaults(func=run)
 
 
@@ -33,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         md = write_report(args.run_dir, args.output_dir, bootstrap=args.bootstrap, seed=args.seed,
-                          positive=args.positive_class)
+                          positive=args.positive_class, audit=args.audit,
+                          audit_options={"dataset_dir": args.dataset_dir, "device": args.device})
     except (RunFolderError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     print(f"wrote {md}")

@@ -53,6 +53,7 @@ _PATIENT_PATTERNS = (
 
 TASK_CLASSES: dict[str, list[str]] = {
     "covid_vs_rest": ["COVID-19", "Non-COVID"],
+    "covid_vs_normal": ["COVID-19", "Normal"],
     "normal_vs_pneumonia": ["Normal", "Pneumonia"],
     "three_class": ["Normal", "Bacterial", "Viral"],
 }
@@ -90,6 +91,8 @@ def _label(category: str, task: str) -> int | None:
         return 0 if category == "covid" else 1
     if task == "normal_vs_pneumonia":
         return 0 if category == "normal" else 1
+    if task == "covid_vs_normal":
+        return {"covid": 0, "normal": 1}.get(category)
     return {"normal": 0, "bacterial": 1, "viral": 2, "covid": 2}.get(category)
 
 
@@ -134,10 +137,11 @@ class CoronaHackDataset(DatasetAdapter):
     name = "coronahack"
     description = (
         "CoronaHack Chest X-Ray (Kaggle) with its metadata CSV and TRAIN/TEST split; "
-        "tasks covid_vs_rest, normal_vs_pneumonia, three_class"
+        "tasks covid_vs_rest, covid_vs_normal, normal_vs_pneumonia, three_class"
     )
     tasks = {
         "covid_vs_rest": "COVID-19 vs every other image (normal and other pneumonia)",
+        "covid_vs_normal": "COVID-19 vs Normal (other pneumonia left out); e.g. external validation",
         "normal_vs_pneumonia": "Normal vs Pneumonia (any cause, COVID-19 included)",
         "three_class": "Normal / Bacterial / Viral pneumonia (COVID-19 counts as viral; "
         "Stress-Smoking ARDS left out)",

@@ -24,7 +24,7 @@ import torch
 
 from cxrkit.options import flag
 
-__all__ = ["HeldOutEvaluation", "TemperatureFit", "calibrate_run"]
+__all__ = ["HeldOutEvaluation", "TemperatureFit", "calibrate_run", "ensure_temperature_step"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,40 @@ def calibrate_run(run_dir: Any) -> Any:
     calibration.save(Path(run_dir) / CALIBRATION_FILE)
     logger.info("%s (ECE on validation %.4f -> %.4f)", calibration.describe(), calibration.ece_before,
                 calibration.ece_after)
+    if ensure_temperature_step(Path(run_dir) / "configs" / "inference.yaml"):
+        logger.warning("%s predated calibration: the temperature step was added to its postprocessing",
+                       Path(run_dir) / "configs" / "inference.yaml")
     return calibration
+
+
+def ensure_temperature_step(config_file: Any) -> bool:
+    """Add the temperature step to an inference config written before calibration existed.
+
+    Args:
+        config_file: a run folder's ``configs/inference.yaml``.
+
+    Returns:
+        Whether the file was changed (``False``: it already applies ``calibration.json``, or is absent).
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from cxrkit.engine.record import atomic_write_text
+
+    path = Path(config_file)
+    if not path.is_file():
+        return False
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    post = config.get("postprocessing")
+    if "calibration_file" in config or not isinstance(post, dict) or not isinstance(post.get("transforms"), list):
+        return False
+    config["calibration_file"] = "$os.path.join(@bundle_root, 'calibration.json')"
+    post["transforms"].insert(0, {"_target_": "cxrkit.calibration.TemperatureScaled", "keys": "pred",
+                                  "calibration_file": "@calibration_file"})
+    atomic_write_text(path, "# cxrkit calibrate added the temperature step (calibration.json) to postprocessing.\n"
+                      + yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=110))
+    return True
 
 
 class TemperatureFit:

@@ -5,7 +5,8 @@
 1. checks every chosen plugin's weight file up front (``random`` never needs one); a
    plugin without its file is *skipped*, with the reason and its ``cxrkit weights import`` command;
 2. makes the split ONCE (per fold with ``folds``) and writes it into the comparison folder
-   (``split.json``, or ``split-fold<k>.json``), so every plugin trains on identical images;
+   (``split.json``, or ``split-fold<k>.json``), so every plugin trains on identical images and is
+   tested on the same held-out test part (shared by every fold);
 3. trains every plugin on it: fine-tuning through the plugin's MONAI bundle
    (:func:`cxrkit.bundle.runner.run_bundle` with ``--split_manifest``), or the same bundle run as a
    linear probe on cached features (:func:`cxrkit.experiment.linear_probe.run_linear_probe`); a run that
@@ -61,7 +62,8 @@ class CompareSettings:
         weights_dir: a folder searched first for every plugin's weight file.
         max_items: use at most this many images (class-stratified).
         device: ``auto``, ``cpu``, ``cuda``...
-        val_fraction: validation share of a hold-out split.
+        val_fraction: validation share of a hold-out split (chooses each model's best epoch).
+        test_fraction: held-out test share (the report's headline; every source, every fold shares it; 0: none).
         feature_cache: feature cache folder of the linear probe.
         bootstrap: bootstrap resamples of the report's confidence intervals.
         progress: progress bars.
@@ -82,6 +84,7 @@ class CompareSettings:
     max_items: int | None = None
     device: str = "auto"
     val_fraction: float = 0.2
+    test_fraction: float = 0.2
     feature_cache: str | None = None
     bootstrap: int = 1000
     progress: bool = True
@@ -233,7 +236,7 @@ def make_splits(settings: CompareSettings, out_dir: Path) -> list[tuple[int | No
     for fold in folds:
         data = prepare_data(settings.dataset, settings.dataset_dir, settings.task, val_fraction=settings.val_fraction,
                             seed=settings.seed, max_items=settings.max_items, progress=settings.progress,
-                            folds=settings.folds, fold=fold or 0)
+                            folds=settings.folds, fold=fold or 0, test_fraction=settings.test_fraction)
         path = out_dir / ("split.json" if fold is None else f"split-fold{fold}.json")
         data.split.save(path)
         out.append((fold, path, data))

@@ -35,11 +35,13 @@ class Answer:
         classes: class names by output index.
         probabilities: one per class.
         cam: ``(rows, cols)`` map in ``[0, 1]`` when the server returned one.
+        calibration: how the server calibrated the probabilities (``None``: as trained, or not said).
     """
 
     classes: list[str]
     probabilities: list[float]
     cam: np.ndarray | None = None
+    calibration: str | None = None
 
     @property
     def index(self) -> int:
@@ -117,7 +119,9 @@ def parse_infer(answer: Mapping[str, Any], model: str = "model", cam_png: bytes 
             "model (`cxrkit label serve RUN_DIR`) and pick it with --model"
         )
     cam = _cam_png(cam_png) if cam_png else _cam(answer.get("cam", answer.get("gradcam")))
-    return Answer(classes=classes, probabilities=probs, cam=cam)
+    calibration = answer.get("calibration")
+    text = calibration.get("text") if isinstance(calibration, Mapping) and calibration.get("calibrated") else None
+    return Answer(classes=classes, probabilities=probs, cam=cam, calibration=text)
 
 
 def read_image_bytes(data: bytes, suffix: str, name: str = "the study's image") -> np.ndarray:

@@ -178,6 +178,7 @@ def study_page(
         f"<p>Prediction: <strong id=prediction>{escape(answer.label)}</strong> "
         f"(<span id=probability>{answer.probability * 100:.1f}%</span>)</p>"
         f"<div id=classes>{''.join(buttons)}</div>"
+        f"<p id=calibration><small>{escape(_calibration_text(answer))}</small></p>"
         f'<button id=confirm class=confirm>Confirm {escape(answer.label)} <kbd>Enter</kbd></button>'
         f'<p><label><input type=checkbox id=cam-toggle checked> Grad-CAM overlay <kbd>g</kbd></label> '
         f"<span id=cam-note></span></p>"
@@ -192,6 +193,12 @@ def study_page(
         "study": study.id,
     }
     return _shell(study.id, body, addr, local, data)
+
+
+def _calibration_text(answer: Answer) -> str:
+    if answer.calibration:
+        return answer.calibration[:1].upper() + answer.calibration[1:] + "."
+    return "Probabilities as the model was trained (not calibrated)."
 
 
 def error_page(message: str, addr: str, local: bool) -> str:

@@ -109,6 +109,18 @@ class LoadedModel:
     autocast: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def calibration(self) -> Any:
+        """The temperature the postprocessing applies (:class:`cxrkit.calibration.Calibration`), or ``None``."""
+        from monai.transforms import Compose
+
+        from cxrkit.calibration import TemperatureScaled
+
+        steps = self.postprocessing.flatten().transforms if isinstance(self.postprocessing, Compose) else (
+            [self.postprocessing] if self.postprocessing is not None else [])
+        found = next((t for t in steps if isinstance(t, TemperatureScaled)), None)
+        return found.calibration if found is not None else None
+
+    @property
     def supports_cam(self) -> bool:
         """Whether Grad-CAM can hook this network (TorchScript modules cannot be hooked)."""
         return self.kind == "pytorch"

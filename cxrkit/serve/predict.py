@@ -79,18 +79,22 @@ class PredictionResult:
         classes: class names by output index.
         predictions: in input order.
         failures: unreadable or missing files.
+        calibration: how the probabilities were calibrated (``None``: as trained, uncalibrated).
     """
 
     model: str
     classes: list[str]
     predictions: list[Prediction] = field(default_factory=list)
     failures: list[PredictionFailure] = field(default_factory=list)
+    calibration: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (what ``cxrkit predict --json`` prints)."""
         return {
             "model": self.model,
             "classes": list(self.classes),
+            "calibrated": self.calibration is not None,
+            "calibration": self.calibration,
             "predictions": [asdict(p) for p in self.predictions],
             "failures": [asdict(f) for f in self.failures],
         }
@@ -211,7 +215,9 @@ class Predictor:
 
         size = options.integer(batch_size, "batch_size", minimum=1)
         paths, failures = collect_inputs(files)
-        result = PredictionResult(model=str(self.model.model_file), classes=self.classes, failures=failures)
+        calibration = self.model.calibration
+        result = PredictionResult(model=str(self.model.model_file), classes=self.classes, failures=failures,
+                                  calibration=calibration.describe() if calibration is not None else None)
         if cam_dir is not None:
             _ = self.explainer  # fail before any work when the network cannot be hooked
         used_names: set[str] = set()

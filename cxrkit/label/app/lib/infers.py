@@ -128,8 +128,24 @@ class CXRClassificationInfer(BundleInferTask):
         """MONAI Label's model info plus the class order and the Grad-CAM option."""
         d = super().info()
         d["cxrkit"] = {"classes": list(self.classes), "bundle": os.path.basename(self.bundle_path),
-                       "cam": "pass {\"cam\": true} in the request params for a Grad-CAM label image"}
+                       "cam": "pass {\"cam\": true} in the request params for a Grad-CAM label image",
+                       "calibration": self._calibration()}
         return d
+
+    def _calibration(self) -> Dict[str, Any]:
+        """Whether the scores are calibrated: the temperature the bundle's postprocessing applies."""
+        from cxrkit.calibration import CalibrationError, read_calibration
+
+        try:
+            calibration = read_calibration(self.bundle_path)
+        except CalibrationError as exc:
+            logger.warning("%s", exc)
+            calibration = None
+        applied = "calibration_file" in self.bundle_config.config
+        if calibration is None or not applied:
+            return {"calibrated": False, "text": "probabilities as trained (not calibrated)"}
+        return {"calibrated": True, "temperature": calibration.temperature, "fitted_on": calibration.fitted_on,
+                "text": calibration.describe()}
 
     # -- the predictor of `cxrkit predict`: cxrkit's loader (weights_only=True), batch norms folded ---------
     def _predictor(self, device: str) -> Predictor:
@@ -203,7 +219,8 @@ class CXRClassificationInfer(BundleInferTask):
             )
         prediction = [{"idx": i, "label": c, "score": float(s)} for i, (c, s) in enumerate(zip(self.classes, scores))]
         top = int(scores.argmax())
-        result: Dict[str, Any] = {"prediction": prediction, "predicted": prediction[top]}
+        result: Dict[str, Any] = {"prediction": prediction, "predicted": prediction[top],
+                                  "calibration": self._calibration()}
         cam = data.get(CAM_KEY)
         if cam is None:
             return None, result

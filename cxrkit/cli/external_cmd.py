@@ -1,0 +1,93 @@
+"""``cxrkit external RUN_DIR``: evaluate a trained run on another collection (external validation)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from cxrkit.options import CommandFormatter, add_common, add_option, arg_type, integer
+
+    p = sub.add_parser(
+        "external",
+        help="evaluate a run on another collection, its classes mapped onto the run's (external validation)",
+        description=(
+            "Evaluate a trained run's best model on another collection (radiography, coronahack, cohen, folder, "
+            "csv), mapping that collection's classes onto the run's with --class_map; classes left out of the map "
+            "are left out of the evaluation. Writes RUN_DIR/external/NAME/predictions.csv and metrics.json and "
+            "prints the accuracy with a 95% bootstrap interval next to the run's own test part. cxrkit report and "
+            "cxrkit compare-report show internal and external results side by side."
+        ),
+        epilog=(
+            "examples:\n"
+            "  cxrkit external runs/x --dataset cohen --dataset_dir data/covid-chestxray-dataset --task covid_vs_normal"
+            " --class_map 'COVID-19=COVID,No Finding=Normal'\n"
+            "  cxrkit external runs/x --dataset coronahack --dataset_dir data/coronahack --task covid_vs_normal "
+            "--class_map 'COVID-19=COVID,Normal=Normal' --allow_missing"
+        ),
+        formatter_class=CommandFormatter,
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+    add_option(p, "--dataset", required=True, help="the other collection's adapter (cxrkit data tasks)")
+    add_common(p, "dataset_dir", required=True, help="the other collection's folder")
+    add_option(p, "--task", default=None, help="its task (default: the adapter's)")
+    add_option(p, "--class_map", default=None, metavar="MAP",
+               help="DATASET_CLASS=RUN_CLASS,... e.g. 'COVID-19=COVID,No Finding=Normal' (default: same names)")
+    add_option(p, "--name", default=None, help="name of this evaluation (default: DATASET or DATASET-TASK)")
+    add_option(p, "--allow_missing", action="store_true", help="leave out metadata rows whose image file is missing")
+    add_option(p, "--max_items", type=arg_type(integer, minimum=1), default=None, metavar="N",
+               help="evaluate at most N images, class-stratified")
+    add_option(p, "--skip_bad_images", action="store_true", help="leave unreadable images out instead of failing")
+    add_common(p, "bootstrap")
+    add_common(p, "device")
+    add_common(p, "no_progress")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cxrkit.cli import CLIError
+    from cxrkit.bundle.runner import run_bundle, user_error
+    from cxrkit.cli.table import format_table
+    from cxrkit.report.report import evaluate_run
+    from cxrkit.report.runfolder import RunFolderError, load_run
+    from cxrkit.report.trust import with_ci
+
+    run_dir = Path(args.run_dir).expanduser().resolve()
+    if not (run_dir / "configs" / "evaluate.yaml").is_file():
+        raise CLIError(f"{run_dir}: not a run folder (no configs/evaluate.yaml); pass the folder training wrote")
+    name = args.name or (args.dataset + (f"-{args.task}" if args.task else ""))
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise CLIError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names a folder)", code=2)
+    overrides = {
+        "dataset": args.dataset, "dataset_dir": str(Path(args.dataset_dir).expanduser().resolve()),
+        "class_map": args.class_map, "subset": "all", "evaluation_split": "external",
+        "output_dir": str(run_dir / "external" / name), "device": args.device, "progress": bool(args.progress),
+        "skip_bad_images": bool(args.skip_bad_images),
+        "dataset_options": {"allow_missing": True} if args.allow_missing else {},
+    }
+    if args.task:
+        overrides["task"] = args.task
+    if args.max_items:
+        overrides["max_items"] = int(args.max_items)
+    try:
+        run_bundle("evaluate", run_dir, overrides)
+    except Exception as exc:  # noqa: BLE001 - show the user's mistake, not MONAI's wrapper
+        cause = user_error(exc)
+        if cause is None:
+            raise
+        raise CLIError(f"{type(cause).__name__}: {cause}") from exc
+    try:
+        folder = load_run(run_dir)
+    except RunFolderError as exc:
+        raise CLIError(str(exc)) from None
+    rows = []
+    for split in [s for s in folder.splits if s != "validation"]:
+        ev = evaluate_run(folder, bootstrap=args.bootstrap, split=split)
+        rows.append([split, str(ev.metrics.n), with_ci(ev, "accuracy"), f"{ev.metrics.macro['f1']:.4f}"])
+    print(format_table(["split", "images", "accuracy (95% CI)", "macro F1"], rows))
+    print(f"wrote {run_dir / 'external' / name}")
+    return 0
