@@ -91,8 +91,9 @@ def test_cli_check_radiography(capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "unreadable images: none" in out and "leakage audit: OK" in out
-    lines = {line.split()[0]: line.split()[-3:] for line in out.splitlines() if line.startswith(("COVID", "total"))}
-    assert lines["COVID"] == ["32", "8", "40"] and lines["total"] == ["80", "20", "100"]
+    lines = {line.split()[0]: line.split()[-4:] for line in out.splitlines() if line.startswith(("COVID", "total"))}
+    assert lines["COVID"] == ["24", "8", "8", "40"] and lines["total"] == ["60", "20", "20", "100"]
+    assert "near-duplicates (perceptual hash, <= 24 of 256 bits): 0 pair(s) across parts, 0 across classes" in out
 
 
 def test_cli_reports_unreadable_files_and_leakage(tmp_path, capsys):
@@ -101,12 +102,28 @@ def test_cli_reports_unreadable_files_and_leakage(tmp_path, capsys):
         shutil.copy(_good_png(tmp_path / "same.png"), _good_png(root / "a" / f"a{n}.png"))  # identical bytes
         _good_png(root / "b" / f"b{n}.png", 10 + n)
     (root / "b" / "b9.png").write_bytes(b"")
-    rc = main(["data", "check", "folder", str(root), "--no_progress", "--save_split", str(tmp_path / "s.json")])
+    rc = main(["data", "check", "folder", str(root), "--no_progress", "--save_split", str(tmp_path / "s.json"),
+               "--no_near_duplicates", "--test_fraction", "0"])
     out = capsys.readouterr().out
     assert rc == 1
     assert "unreadable images: 1" in out and "b9.png: empty file" in out
-    assert "LEAK" in out and "byte-identical" in out
+    assert "LEAK" in out and "byte-identical" in out and "near-duplicates: not checked" in out
     assert (tmp_path / "s.json").is_file()
+    # with the perceptual hashes (the default), copies of one picture form one group and stay in one part
+    rng = np.random.default_rng(0)
+    other = tmp_path / "other"
+    for cls in ("a", "b"):
+        (other / cls).mkdir(parents=True)
+        for n in range(10):
+            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(other / cls / f"{cls}{n}.png")
+    for n in range(1, 5):
+        shutil.copy(other / "a" / "a0.png", other / "a" / f"a{n}.png")
+    rc = main(["data", "check", "folder", str(other), "--no_progress", "--test_fraction", "0"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "leakage audit: OK" in out and "1 group(s) of copies kept in one part" in out
+    # the stripes of the first set are all one picture to a perceptual hash: the error says so
+    assert main(["data", "check", "folder", str(root), "--no_progress"]) == 1
+    assert "near-duplicate" in capsys.readouterr().err
 
 
 def test_cli_missing_files_and_options(tmp_path, capsys):

@@ -129,4 +129,6 @@ def test_hash_helpers_validate_and_group():
     h["c"] = ~h["c"]
     groups = clusters(find_near_duplicates(h))
     assert groups == {"a": "a", "b": "a"}
-    assert phash_array(np.zeros((4, 4))).shape == (HASH_BITS,)
+    assert phash_array(np.eye(4)).shape == (HASH_BITS,)
+    with pytest.raises(ValueError, match="uniform"):
+        phash_array(np.zeros((4, 4)))

@@ -84,7 +84,7 @@ def test_torchrun_two_processes_train_once_per_sample_and_validate_globally(tmp_
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
     cmd = torchrun + [
         "-m", "cxrkit", "run", "training", str(REPO / "bundles" / "random"), "--dataset_dir", str(data),
-        "--max_items", "21", "--val_fraction", "0.2", "--seed", "3", "--image_size", "32", "--batch_size", "4",
+        "--max_items", "24", "--val_fraction", "0.2", "--seed", "3", "--image_size", "32", "--batch_size", "4",
         "--epochs", "1", "--output_dir", str(run), "--device", "cpu", "--progress", "false",
         "--tensorboard_images", "0", "--record_sample_ids", "true", "--num_threads", "1",
     ]
@@ -92,8 +92,9 @@ def test_torchrun_two_processes_train_once_per_sample_and_validate_globally(tmp_
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     split = json.loads((run / "split.json").read_text())
-    n_train, n_val = len(split["train"]), len(split["val"])
-    assert n_train % 2 == 0 and n_val % 2 == 1  # even training set (no padding), unequal validation shards
+    n_train, n_val, n_test = len(split["train"]), len(split["val"]), len(split["test"])
+    # even training set (no padding), unequal validation and test shards
+    assert n_train % 2 == 0 and n_val % 2 == 1 and n_test % 2 == 1
 
     ranks = [json.loads((run / "debug" / f"sample_ids_rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world_size"] == 2 for r in ranks)
@@ -119,3 +120,12 @@ def test_torchrun_two_processes_train_once_per_sample_and_validate_globally(tmp_
     assert evaluated["metrics"]["auc"] == pytest.approx(trained["val_auc"], abs=1e-5)
     assert evaluated["metrics"]["loss"] == pytest.approx(trained["val_loss"], rel=1e-4)
     assert evaluated["metrics"]["confusion_matrix"] == trained["val_confusion_matrix"]
+
+    # the held-out test part was evaluated once by both processes, gathered and written by rank 0
+    test = json.loads((run / "test" / "metrics.json").read_text())
+    assert test["n_images"] == n_test and len((run / "test" / "predictions.csv").read_text().splitlines()) == 1 + n_test
+    assert main(["run", "evaluate", str(run), "--dataset_dir", str(data), "--subset", "test", "--device", "cpu",
+                 "--progress", "false", "--output_dir", str(tmp_path / "test-again")]) == 0
+    again = json.loads((tmp_path / "test-again" / "metrics.json").read_text())
+    assert again["metrics"]["accuracy"] == pytest.approx(test["metrics"]["accuracy"], abs=1e-9)
+    assert again["metrics"]["auc"] == pytest.approx(test["metrics"]["auc"], abs=1e-5)

@@ -83,7 +83,8 @@ def phash_array(grey: np.ndarray) -> np.ndarray:
         ``(256,)`` boolean array.
 
     Raises:
-        ValueError: not a 2D image of at least 2 x 2 pixels.
+        ValueError: not a 2D image of at least 2 x 2 pixels, or a uniform image (nothing to hash: every
+            blank image would look like every other).
     """
     from PIL import Image
     from scipy.fft import dctn
@@ -96,6 +97,8 @@ def phash_array(grey: np.ndarray) -> np.ndarray:
         image = image.resize((4 * _RESIZED, 4 * _RESIZED), Image.Resampling.BOX)
     image = Image.fromarray(_equalise(np.asarray(image, dtype=np.float64)).astype(np.float32), mode="F")
     small = np.asarray(image.resize((_RESIZED, _RESIZED), Image.Resampling.BOX), dtype=np.float64)
+    if np.ptp(small) < 1e-6:
+        raise ValueError("the image is uniform: it has no structure to hash")
     coeffs = dctn(small, type=2, norm="ortho")[:HASH_SIDE, :HASH_SIDE].reshape(-1)
     return coeffs > np.median(coeffs[1:])
 
@@ -121,7 +124,8 @@ def hash_images(paths: Iterable[str | os.PathLike], *, progress: bool = True,
         workers: threads (default ``min(8, 2 x CPUs)``).
 
     Returns:
-        path -> hash, for every file that could be read (unreadable files are logged and left out).
+        path -> hash, for every file that could be read and has structure (unreadable and uniform
+        files are logged and left out: the byte-identity check still covers them).
     """
     from tqdm.auto import tqdm
 

@@ -183,8 +183,17 @@ def make_split(
         known = {str(i["image"]) for i in items}
         clusters = dup_clusters(find_near_duplicates({k: v for k, v in hashes.items() if k in known},
                                                      near_duplicate_threshold or _default_threshold()))
-    train_idx, val_idx, test_idx, strategy, test_used, note = three_way(
-        items, val_fraction, test_fraction, int(seed), folds, int(fold), use_predefined, clusters)
+    try:
+        train_idx, val_idx, test_idx, strategy, test_used, note = three_way(
+            items, val_fraction, test_fraction, int(seed), folds, int(fold), use_predefined, clusters)
+    except DatasetError as exc:
+        if not clusters:
+            raise
+        raise DatasetError(
+            f"{exc} Note: {len(clusters)} images are near-duplicate copies in {len(set(clusters.values()))} "
+            "group(s), each kept in one part. If they are not copies of one radiograph (e.g. synthetic or "
+            "uniform images), switch the check off: --near_duplicates false (data check: --no_near_duplicates)."
+        ) from None
     train, val, test = ([items[i] for i in sorted(idx)] for idx in (train_idx, val_idx, test_idx))
     if not train or not val:
         raise DatasetError(f"the split left the {'training' if not train else 'validation'} part empty")

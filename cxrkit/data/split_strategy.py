@@ -68,7 +68,8 @@ def _holdout(sub: np.ndarray, labels: np.ndarray, groups: np.ndarray, fraction: 
     try:
         return _sklearn_holdout(sub, labels, groups, fraction, seed, what)
     except ValueError as exc:  # scikit-learn: too few items or groups for this share
-        raise DatasetError(f"cannot hold out {fraction:.3g} of {len(sub)} images as the {what} part: {exc}. "
+        raise DatasetError(f"cannot hold out {fraction:.3g} of {len(sub)} images as the {what} part: "
+                           f"{str(exc).rstrip('.')}. "
                            "Use a larger dataset or another share.") from None
 
 
