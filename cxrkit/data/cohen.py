@@ -34,6 +34,7 @@ from cxrkit.data.adapter import (
     read_csv_rows,
 )
 from cxrkit.data.errors import DatasetError
+from cxrkit.data.groups import DisjointSets
 
 __all__ = ["CohenDataset", "finding_category", "DEFAULT_VIEWS"]
 
@@ -90,28 +91,15 @@ def _norm_view(view: str) -> str:
 
 
 def merged_patients(rows: Iterable[dict[str, str]]) -> dict[str, str]:
-    """Patient id -> group id, merging ids that share an image file (union-find)."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    """Patient id -> group id (the smallest id), merging ids that share an image file."""
+    sets = DisjointSets(order=natural_key)
     first_owner: dict[str, str] = {}
     for row in rows:
         pid = row["patientid"]
         if not pid:
             continue
-        find(pid)
-        owner = first_owner.setdefault(row["filename"], pid)
-        a, b = find(owner), find(pid)
-        if a != b:
-            lo, hi = sorted((a, b), key=natural_key)
-            parent[hi] = lo
-    return {pid: find(pid) for pid in list(parent)}
+        sets.union(first_owner.setdefault(row["filename"], pid), pid)
+    return sets.representatives()
 
 
 def find_metadata_csv(root: Path, csv: str | None) -> Path:

@@ -217,19 +217,11 @@ def find_near_duplicates(hashes: Mapping[str, np.ndarray], threshold: int = DEFA
 def clusters(pairs: Iterable[NearDuplicate]) -> dict[str, str]:
     """Connected groups of near-duplicates: file -> a representative file of its group.
 
-    Files in no pair are not in the result.
+    Files in no pair are not in the result; a group's representative is its first file by name.
     """
-    parent: dict[str, str] = {}
+    from cxrkit.data.groups import DisjointSets
 
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    sets = DisjointSets()
     for pair in pairs:
-        ra, rb = find(pair.a), find(pair.b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return {x: find(x) for x in parent}
+        sets.union(pair.a, pair.b)
+    return sets.representatives()

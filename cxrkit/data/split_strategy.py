@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from cxrkit.data.errors import DatasetError
+from cxrkit.data.groups import DisjointSets
 
 __all__ = ["three_way"]
 
@@ -28,25 +29,15 @@ def _groups(items: Sequence[dict], clusters: Mapping[str, str] | None = None) ->
     (``clusters``: file -> representative) join one group, so copies of one
     radiograph land in the same part.
     """
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    sets = DisjointSets()
     keys = []
     for n, item in enumerate(items):
         key = f"\0p{item['patient_id']}" if item.get("patient_id") else f"\0item{n}"
         keys.append(key)
         rep = (clusters or {}).get(str(item["image"]))
         if rep is not None:
-            ra, rb = find(key), find(f"\0dup{rep}")
-            if ra != rb:
-                parent[ra] = rb
-    groups = [find(k) for k in keys]
+            sets.union(key, f"\0dup{rep}")
+    groups = [sets.find(k) for k in keys]
     counts = Counter(groups)
     return np.asarray(groups, dtype=object), any(c > 1 for c in counts.values())
 
