@@ -176,10 +176,14 @@ class Calibration:
         """One line for the CLI, the review page and reports."""
         text = (f"calibrated probabilities: temperature scaling, T = {self.temperature:.3g}, fitted on the "
                 f"{self.fitted_on} split ({self.n_images} images)")
-        if self.at_bound:
-            text += (f"; WARNING: T reached the edge of its range {_T_RANGE}: the {self.fitted_on} predictions are "
-                     "(nearly) all right or all wrong, so they cannot tell how confident the model should be; "
-                     "fit it on a larger validation part")
+        if self.at_bound and self.temperature < 1:
+            text += (f"; WARNING: T reached the low end of its range {_T_RANGE}: the {self.fitted_on} predictions are "
+                     "all right, so they cannot tell how confident the model should be; fit it on a larger "
+                     "validation part")
+        elif self.at_bound:
+            text += (f"; WARNING: T reached the high end of its range {_T_RANGE}: on the {self.fitted_on} images the "
+                     "model's confidence carries no information (equal probabilities fit best); the model is near "
+                     "chance there")
         return text
 
     def save(self, path: str | os.PathLike) -> Path:

@@ -60,8 +60,9 @@ def occlusion_figure(conditions: Sequence[Condition], classes: Sequence[str], pa
     bars = ax.bar(range(len(values)), values, color=colours)
     for bar, v in zip(bars, values):
         ax.text(bar.get_x() + bar.get_width() / 2, v + 0.02, f"{v:.2f}", ha="center", fontsize=9)
-    ax.axhline(1.0 / len(classes), color="black", linestyle=":", linewidth=1)
-    ax.text(len(values) - 0.5, 1.0 / len(classes) + 0.015, "chance", ha="right", fontsize=8)
+    ax.axhline(1.0 / len(classes), color="black", linestyle=":", linewidth=1,
+               label=f"chance (1/{len(classes)} classes)")
+    ax.legend(fontsize=8, loc="upper right")
     ax.set_xticks(range(len(values)), names, fontsize=8)
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("balanced accuracy")
