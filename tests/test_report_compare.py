@@ -84,7 +84,7 @@ def test_ranking_tables_and_skipped(study, tmp_path):
             assert [float(v) for v in row[3:6]] == pytest.approx([p[k], r[k], f[k]], abs=5e-5)
             assert int(row[6]) == s[k]
 
-    table6 = tables["Accuracy over the epochs (Table 6 layout)"][0]
+    table6 = tables["Accuracy over the epochs (Table 6 layout, training and validation parts)"][0]
     assert [r[0] for r in table6[1:] if r[0]] == order and len(table6) == 1 + 2 * len(order)
     epochs = json.loads((study["chexpert"] / "metrics.json").read_text())["epochs"]
     assert float(table6[2][2]) == pytest.approx(max(e["val_accuracy"] for e in epochs), abs=5e-5)

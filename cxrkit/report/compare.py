@@ -363,19 +363,21 @@ def write_comparison(run_dirs: list[Path], out_dir: Path, *, bootstrap: int = 10
     doc.add(Heading("Internal and external validation"), *validation_table(entries, groups, positive, bootstrap, seed))
     table6_runs = [(e.label if not e.is_kfold else f"{e.label} (fold {ev.run.fold})", ev.run.epochs)
                    for e in entries for ev in e.folds]
-    doc.add(Heading("Accuracy over the epochs (Table 6 layout)"), accuracy_summary_table(table6_runs, "Source"))
+    doc.add(Heading("Accuracy over the epochs (Table 6 layout, training and validation parts)"),
+            accuracy_summary_table(table6_runs, "Source"))
     series = {e.label + (f" ({len(e.folds)} folds)" if e.is_kfold else ""):
               curve_arrays([ev.run.epochs for ev in e.folds]) for e in entries}
     curves = comparison_curves_figure(series, out_dir / "curves.png")
-    doc.add(Heading("Training curves"), Figure(curves.name, (
+    doc.add(Heading("Training curves (training and validation parts)"), Figure(curves.name, (
         "Training and validation loss and accuracy by epoch, one line per source (k-fold groups: mean ± 1 std)")))
     grid = confusion_grid_figure({e.label: e.pooled.metrics.confusion for e in entries}, classes,
                                  out_dir / "confusion_matrices.png")
-    doc.add(Heading("Confusion matrices"),
-            Figure(grid.name, "Confusion matrices normalised per true class (counts in brackets)"))
+    doc.add(Heading(f"Confusion matrices ({split} images)"),
+            Figure(grid.name, f"Confusion matrices of the {split} images, normalised per true class (counts in "
+                              "brackets)"))
     kfold = [e for e in entries if e.is_kfold]
     if kfold:
-        doc.add(Heading("Cross-validation folds"),
+        doc.add(Heading(f"Cross-validation folds ({split} images)"),
                 Paragraph(f"Per-fold metrics on the {split} images; mean ± sample standard deviation (ddof=1) "
                           "across folds."))
         for e in kfold:
