@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_data
+from support.paths import shared_data
 from PIL import Image
 
 from cxrkit.data import load_dataset
@@ -75,7 +75,7 @@ def test_copy_across_split_parts_is_found_and_new_splits_keep_copies_together(tm
         (root / cls).mkdir(parents=True)
         for src in [p for p in real if p.name.startswith(prefix)][:15]:
             shutil.copy(src, root / cls / src.name)
-    copy = _reencoded(root / "COVID" / "COVID-1106.png", root / "COVID" / "COVID-copy.jpg", 180)
+    _reencoded(root / "COVID" / "COVID-1106.png", root / "COVID" / "COVID-copy.jpg", 180)
     spec = load_dataset("folder", root)
     hashes = hash_images([i["image"] for i in spec.items], progress=False)
 

@@ -139,7 +139,7 @@ def ensure_temperature_step(config_file: Any) -> bool:
 
     import yaml
 
-    from cxrkit.engine.record import atomic_write_text
+    from cxrkit.atomic import atomic_write_text
 
     path = Path(config_file)
     if not path.is_file():
