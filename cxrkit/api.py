@@ -8,7 +8,9 @@ re-exported here). See ``docs/api.md`` for an example of each.
 * run a bundle: :func:`run_bundle` (and :func:`train`, :func:`evaluate`, :func:`infer`),
   :func:`bundle_workflow`, :func:`user_error`;
 * predict images: :class:`Predictor`, :func:`load_model`, :func:`predict`;
-* read a run folder: :class:`RunPaths` (every file of the layout), :func:`read_run` (what reports use).
+* read a run folder: :class:`RunPaths` (every file of the layout), :func:`read_run` (what reports use);
+* trust a run: :func:`external` (another collection), :func:`audit` (shortcut probes),
+  :func:`calibrate` (temperature scaling); see ``docs/trust.md``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from cxrkit.audit.shortcuts import AuditResult
+from cxrkit.audit.shortcuts import audit_run as audit
 from cxrkit.bundle.runner import bundle_workflow, run_bundle, user_error
+from cxrkit.engine.finish import calibrate_run as calibrate
 from cxrkit.report.runfolder import RunFolder, RunFolderError
 from cxrkit.report.runfolder import load_run as read_run
 from cxrkit.runfolder import RunDirError, RunPaths
@@ -43,6 +48,10 @@ __all__ = [
     "read_run",
     "RunFolder",
     "RunFolderError",
+    "external",
+    "audit",
+    "AuditResult",
+    "calibrate",
 ]
 
 
@@ -74,3 +83,40 @@ def predict(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, ba
     """
     predictor = Predictor.load(model, device=device, trust=trust)
     return predictor.predict(inputs, batch_size=batch_size, cam_dir=cam_dir, progress=progress)
+
+
+def external(run_dir: str | os.PathLike, dataset: str, dataset_dir: str | os.PathLike, *,
+             class_map: str | dict | None = None, task: str | None = None, name: str | None = None,
+             allow_missing: bool = False, **overrides: Any) -> Path:
+    """Evaluate a run on another collection (external validation); returns ``RUN_DIR/external/<name>/``.
+
+    Args:
+        run_dir: a trained run folder.
+        dataset: the other collection's adapter (``cohen``, ``coronahack``, ``radiography``, ``folder``, ``csv``).
+        dataset_dir: its folder.
+        class_map: ``DATASET_CLASS=RUN_CLASS,...`` (or a mapping); classes left out are not evaluated.
+            Default: the collection's class names must be the run's.
+        task: the collection's task.
+        name: the evaluation's folder name (default ``dataset`` or ``dataset-task``).
+        allow_missing: leave out metadata rows whose image file is missing.
+        overrides: further evaluate-config values (``max_items``, ``device``, ``skip_bad_images``...).
+
+    Raises:
+        ValueError: a name that cannot be a folder name, or a bad class map (from the evaluation).
+    """
+    import re
+
+    name = name or (dataset + (f"-{task}" if task else ""))
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise ValueError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names a folder)")
+    paths = RunPaths.of(run_dir)
+    values: dict[str, Any] = {
+        "dataset": dataset, "dataset_dir": str(Path(dataset_dir).expanduser().resolve()), "class_map": class_map,
+        "subset": "all", "evaluation_split": "external", "output_dir": str(paths.external / name),
+        "dataset_options": {"allow_missing": True} if allow_missing else {},
+    }
+    if task:
+        values["task"] = task
+    values.update(overrides)
+    run_bundle("evaluate", paths.root, values)
+    return paths.external / name

@@ -123,3 +123,10 @@ def test_near_duplicate_pairs_figure_of_real_copies(tmp_path):
     figure = pairs_figure([pair], root, tmp_path / "pairs.png")
     assert figure is not None and figure.read_bytes()[:8] == PNG
     assert pairs_figure([{**pair, "a": "gone.png"}], root, tmp_path / "none.png") is None  # dataset moved
+
+
+def test_external_names_its_folder_safely(tmp_path):
+    from cxrkit.api import external
+
+    with pytest.raises(ValueError, match="names a folder"):
+        external(tmp_path, "cohen", tmp_path, name="../elsewhere")

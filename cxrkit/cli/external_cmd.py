@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
-from pathlib import Path
 
 __all__ = ["add_parser", "run"]
 
@@ -49,45 +47,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cxrkit.api import external
+    from cxrkit.bundle.runner import user_error
     from cxrkit.cli import CLIError
-    from cxrkit.bundle.runner import run_bundle, user_error
     from cxrkit.cli.table import format_table
     from cxrkit.report.report import evaluate_run
     from cxrkit.report.runfolder import RunFolderError, load_run
     from cxrkit.report.trust import with_ci
+    from cxrkit.runfolder import RunPaths
 
-    run_dir = Path(args.run_dir).expanduser().resolve()
-    if not (run_dir / "configs" / "evaluate.yaml").is_file():
-        raise CLIError(f"{run_dir}: not a run folder (no configs/evaluate.yaml); pass the folder training wrote")
-    name = args.name or (args.dataset + (f"-{args.task}" if args.task else ""))
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise CLIError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names a folder)", code=2)
-    overrides = {
-        "dataset": args.dataset, "dataset_dir": str(Path(args.dataset_dir).expanduser().resolve()),
-        "class_map": args.class_map, "subset": "all", "evaluation_split": "external",
-        "output_dir": str(run_dir / "external" / name), "device": args.device, "progress": bool(args.progress),
-        "skip_bad_images": bool(args.skip_bad_images),
-        "dataset_options": {"allow_missing": True} if args.allow_missing else {},
-    }
-    if args.task:
-        overrides["task"] = args.task
+    paths = RunPaths.of(args.run_dir)
+    if not paths.evaluate_config.is_file():
+        raise CLIError(f"{paths.root}: not a run folder (no configs/evaluate.yaml); pass the folder training wrote")
+    overrides = {"device": args.device, "progress": bool(args.progress), "skip_bad_images": bool(args.skip_bad_images)}
     if args.max_items:
         overrides["max_items"] = int(args.max_items)
     try:
-        run_bundle("evaluate", run_dir, overrides)
+        folder = external(paths.root, args.dataset, args.dataset_dir, class_map=args.class_map, task=args.task,
+                          name=args.name, allow_missing=args.allow_missing, **overrides)
     except Exception as exc:  # noqa: BLE001 - show the user's mistake, not MONAI's wrapper
-        cause = user_error(exc)
+        cause = user_error(exc) or (exc if isinstance(exc, ValueError) else None)
         if cause is None:
             raise
         raise CLIError(f"{type(cause).__name__}: {cause}") from exc
     try:
-        folder = load_run(run_dir)
+        run = load_run(paths.root)
     except RunFolderError as exc:
         raise CLIError(str(exc)) from None
     rows = []
-    for split in [s for s in folder.splits if s != "validation"]:
-        ev = evaluate_run(folder, bootstrap=args.bootstrap, split=split)
+    for split in [s for s in run.splits if s != "validation"]:
+        ev = evaluate_run(run, bootstrap=args.bootstrap, split=split)
         rows.append([split, str(ev.metrics.n), with_ci(ev, "accuracy"), f"{ev.metrics.macro['f1']:.4f}"])
     print(format_table(["split", "images", "accuracy (95% CI)", "macro F1"], rows))
-    print(f"wrote {run_dir / 'external' / name}")
+    print(f"wrote {folder}")
     return 0
