@@ -11,7 +11,8 @@ Everything happens locally in minutes on a CPU, with no download:
 2. :func:`run_demo` trains the ``inat_swav`` bundle (the study's best weight
    source) for a few epochs at low resolution through MONAI's bundle runner,
    from random initialisation when the weight file is absent, then evaluates
-   the run folder on its validation split.
+   the run folder on its held-out test part (its validation part when the
+   dataset is too small for one).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class DemoResult:
         run_dir: the training run folder (a servable bundle).
         pretrained: whether the plugin's pretrained weights were used.
         metrics: ``metrics.json`` of the run.
-        evaluation: the evaluation's ``metrics.json`` (validation split).
+        evaluation: the evaluation's ``metrics.json`` (held-out test part; ``subset`` says which).
     """
 
     dataset: Path
@@ -208,7 +209,7 @@ def run_demo(
     run = RunPaths.of(run_dir)
     run_bundle("evaluate", run.root, {
         "dataset_dir": str(dataset),
-        "subset": "val",
+        "subset": "test" if run.test_predictions.is_file() else "val",  # the held-out part, when there is one
         "device": device,
         "progress": bool(progress),
     })

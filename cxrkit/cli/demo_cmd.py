@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"best epoch     : {metrics['best_epoch']} of {len(metrics['epochs'])} "
           f"(val_accuracy {best['val_accuracy']:.3f}, val_auc {best['val_auc']:.3f})")
     print(f"evaluation     : accuracy {ev['accuracy']:.3f}, ROC AUC {ev['auc']:.3f} on {evaluation['n_images']} "
-          f"validation images -> {run.evaluation_metrics}")
+          f"{'held-out test' if evaluation.get('subset') == 'test' else 'validation'} images -> "
+          f"{run.evaluation_metrics}")
     print(f"model          : {run.model}")
     print(f"report         : {run.report_html} (and report.md)")
     print(f"TensorBoard    : tensorboard --logdir {run.tensorboard}")
