@@ -183,15 +183,15 @@ def run_demo(
         progress: progress bars.
 
     Raises:
-        cxrkit.bundle.BundleNotFoundError: the repository's ``bundles/`` folder is absent.
+        cxrkit.registry.RegistryError: no weight plugin of that name.
     """
-    from cxrkit.bundle import bundles_root
+    from cxrkit.bundle import cached_bundle
     from cxrkit.bundle.runner import run_bundle
     from cxrkit.report import write_report
     from cxrkit.runfolder import RunPaths
 
     work = Path(output_dir).expanduser().resolve()
-    bundle = bundles_root() / plugin
+    bundle = cached_bundle(plugin)
     dataset = make_synthetic_dataset(work / "data", per_class=per_class, size=max(int(image_size), 32), seed=seed)
     pretrained = weights_available(plugin)
     run_dir = run_bundle("training", bundle, {

@@ -222,3 +222,17 @@ def shortcut_runs(tmp_path_factory):
                                         "data": {k: str(v) for k, v in data.items()}}))
         record = json.loads(done.read_text())
     return {**{k: Path(v) for k, v in record["runs"].items()}, "data": {k: Path(v) for k, v in record["data"].items()}}
+# ---- bundles ----------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True, scope="session")
+def bundle_cache(tmp_path_factory):
+    """Bundles rendered by plugin name (``cxrkit run training NAME``) go to a temporary folder, not ~/.cache."""
+    import os
+
+    path = tmp_path_factory.mktemp("bundle-cache")
+    old = os.environ.get("CXRKIT_BUNDLE_CACHE")
+    os.environ["CXRKIT_BUNDLE_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("CXRKIT_BUNDLE_CACHE", None)
+    else:
+        os.environ["CXRKIT_BUNDLE_CACHE"] = old

@@ -1,52 +1,50 @@
-"""MONAI bundles: where they live, and their generator (:mod:`cxrkit.bundle.generate`).
+"""MONAI bundles from one base config shipped in the package (``cxrkit/bundle/templates/``).
 
-The committed bundles are in the repository's ``bundles/`` folder, beside the
-``cxrkit`` package (cxrkit is installed editable, ``pip install -e .``).
+:mod:`cxrkit.bundle.render` renders configs, metadata and texts for any registered weight
+plugin; :mod:`cxrkit.bundle.folders` writes bundle folders, finds a bundle by path or plugin
+name (rendering one when needed, so a plain wheel install works) and keeps the repository's
+thin ``bundles/`` in step. ``cxrkit bundle write|check|sync`` is the command line.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["bundles_root", "find_bundle", "BundleNotFoundError"]
+from cxrkit.bundle.folders import (
+    BundleNotFoundError,
+    bundles_root,
+    cached_bundle,
+    config_files,
+    find_bundle,
+    write_bundle,
+)
+
+if TYPE_CHECKING:
+    from cxrkit.weights import WeightSource
+
+__all__ = [
+    "BundleNotFoundError",
+    "bundles_root",
+    "cached_bundle",
+    "config_files",
+    "find_bundle",
+    "write_bundle",
+    "plugin_source",
+]
 
 
-class BundleNotFoundError(FileNotFoundError):
-    """No bundle folder where one was expected; the message says where it looked."""
-
-
-def bundles_root(must_exist: bool = True) -> Path:
-    """The repository's ``bundles/`` folder (the package's parent folder + ``bundles``).
+def plugin_source(plugin: str | None) -> WeightSource:
+    """The weight source a bundle config names (its ``weight_source`` id).
 
     Raises:
-        BundleNotFoundError: ``must_exist`` and the folder is absent (cxrkit installed
-            from a wheel rather than from the repository).
+        ValueError: no plugin set (the base config alone); the message says how to set one.
+        cxrkit.registry.RegistryError: no weight plugin of that name.
     """
-    root = Path(__file__).resolve().parents[2] / "bundles"
-    if must_exist and not root.is_dir():
-        raise BundleNotFoundError(
-            f"no bundles/ folder at {root}: cxrkit's bundles ship with its source repository. Install cxrkit "
-            "from a clone with `pip install -e .`, or pass a bundle folder path explicitly"
+    if not plugin:
+        raise ValueError(
+            "no weight plugin set: this is the base config. Run a plugin's bundle (cxrkit run training NAME, "
+            "or bundles/<plugin>/configs/train.yaml after the base), or pass --plugin NAME (`cxrkit list weights`)"
         )
-    return root
+    from cxrkit.weights import get_source
 
-
-def find_bundle(name_or_path: str | Path) -> Path:
-    """A bundle folder from a path (``bundles/inat_swav``, a run folder) or a plugin name (``inat_swav``).
-
-    Raises:
-        BundleNotFoundError: neither a folder with ``configs/`` nor a bundle of that name.
-    """
-    path = Path(name_or_path).expanduser()
-    if (path / "configs").is_dir():
-        return path.resolve()
-    if path.name == "configs" and path.is_dir():
-        return path.parent.resolve()
-    if len(path.parts) == 1:
-        candidate = bundles_root(must_exist=False) / path.name
-        if (candidate / "configs").is_dir():
-            return candidate
-    raise BundleNotFoundError(
-        f"{name_or_path}: not a bundle folder (it needs a configs/ folder). Pass bundles/<plugin> "
-        "(see `ls bundles`), a plugin name, or a run folder runs/<plugin>-<timestamp>"
-    )
+    return get_source(plugin)

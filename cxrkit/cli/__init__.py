@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "compare": "cxrkit.cli.compare_cmd",
     "weights": "cxrkit.cli.weights_cmd",
     "run": "cxrkit.cli.run_cmd",
+    "bundle": "cxrkit.cli.bundle_cmd",
     "demo": "cxrkit.cli.demo_cmd",
     "predict": "cxrkit.cli.predict_cmd",
     "export": "cxrkit.cli.export_cmd",

@@ -138,8 +138,9 @@ class RunRecorder:
 
     def write_configs(self) -> None:
         """Write ``configs/`` so the run folder is a servable bundle for its classes."""
-        from cxrkit.bundle.generate import BundleParams, render_logging_conf, render_metadata, render_config
         import yaml
+
+        from cxrkit.bundle.render import BundleParams, render_config, render_logging_conf, render_metadata
 
         params = BundleParams(
             plugin=self.network.weights_info["plugin"],
@@ -156,7 +157,7 @@ class RunRecorder:
                           + yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=110))
         atomic_write_text(self.paths.configs / "inference.yaml", render_config("inference", params))
         atomic_write_text(self.paths.configs / "evaluate.yaml", render_config("evaluate", params))
-        atomic_write_json(self.paths.configs / "metadata.json", render_metadata(params, runtime=True))
+        atomic_write_json(self.paths.configs / "metadata.json", render_metadata(params, library_versions()))
         atomic_write_text(self.paths.configs / "logging.conf", render_logging_conf())
 
     def started(self, engine: Engine) -> None:

@@ -244,19 +244,6 @@ def make_splits(settings: CompareSettings, out_dir: Path) -> list[tuple[int | No
     return out
 
 
-def _bundle(plugin: str, out_dir: Path) -> Path:
-    """The plugin's committed bundle, or (a third-party plugin) one generated inside the comparison folder."""
-    from cxrkit.bundle import BundleNotFoundError, find_bundle
-
-    try:
-        return find_bundle(plugin)
-    except BundleNotFoundError:
-        from cxrkit.bundle.generate import write_bundles
-
-        write_bundles(out_dir / "bundles", [plugin])
-        return out_dir / "bundles" / plugin
-
-
 def _overrides(plan: PluginPlan, settings: CompareSettings, split: Path, run_dir: Path) -> dict[str, Any]:
     """The bundle settings of one run: the comparison's split, data and training options."""
     overrides: dict[str, Any] = {
@@ -298,6 +285,7 @@ def run_comparison(settings: CompareSettings) -> ComparisonResult:
     from tqdm.auto import tqdm
 
     from cxrkit.atomic import atomic_write_json
+    from cxrkit.bundle import cached_bundle
     from cxrkit.bundle.runner import run_bundle
     from cxrkit.experiment.linear_probe import run_linear_probe
     from cxrkit.report import write_comparison
@@ -324,7 +312,7 @@ def run_comparison(settings: CompareSettings) -> ComparisonResult:
         started = time.perf_counter()
         outcome = RunOutcome(plan.plugin, fold, str(run_dir), "finished")
         try:
-            bundle = _bundle(plan.plugin, out_dir)
+            bundle = cached_bundle(plan.plugin)
             overrides = _overrides(plan, settings, split, run_dir)
             if settings.mode == "finetune":
                 run_bundle("training", bundle, overrides)

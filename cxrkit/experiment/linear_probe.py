@@ -189,7 +189,7 @@ def run_linear_probe(plugin: str, overrides: dict[str, Any], bundle: str | Path 
         plugin: weight plugin name.
         overrides: the run's settings (``dataset_dir``, ``split_manifest``, ``output_dir``, ``epochs``...), as
             for :func:`cxrkit.bundle.runner.run_bundle`; ``mode``, ``head`` and ``freeze_until`` are set here.
-        bundle: the bundle folder (default: the plugin's committed bundle).
+        bundle: the bundle folder (default: the plugin's bundle, rendered by name).
 
     Returns:
         The :class:`LinearProbeResult`.

@@ -70,12 +70,12 @@ def plugin_registered() -> Iterator[str]:
 
 def train_small(bundles: Path, dataset_dir: Path, out: Path, **overrides) -> Path:
     """Train the ``shortcut_cnn`` bundle (generated under ``bundles``) into ``out`` with the bundle runner."""
-    from cxrkit.bundle.generate import write_bundles
+    from cxrkit.bundle.folders import write_bundle
     from cxrkit.bundle.runner import run_bundle
 
     with plugin_registered():
         if not (bundles / SHORTCUT_PLUGIN).is_dir():
-            write_bundles(bundles, [SHORTCUT_PLUGIN])
+            write_bundle(SHORTCUT_PLUGIN, bundles / SHORTCUT_PLUGIN)
         values = {"dataset_dir": str(dataset_dir), "epochs": 5, "batch_size": 8, "image_size": 64, "head": "linear",
                   "lr": 0.003, "device": "cpu", "progress": False, "seed": 0, "output_dir": str(out)}
         values.update(overrides)

@@ -1,0 +1,93 @@
+"""``cxrkit bundle write|check|sync``: write a self-contained bundle; keep the repository's bundles/ in step."""
+
+from __future__ import annotations
+
+import argparse
+
+from cxrkit.cli import CLIError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bundle", help="write a MONAI bundle for any weight plugin; check the repository's bundles/")
+    bsub = p.add_subparsers(dest="bundle_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: _usage(p))
+
+    write = bsub.add_parser(
+        "write", help="write a self-contained bundle of a plugin (MONAI model-zoo layout) into a folder",
+        description="Write a self-contained MONAI bundle of a weight plugin (built-in or installed by a third "
+                    "party) into --output_dir. MONAI's own runner trains it, without cxrkit's command line: "
+                    "python -m monai.bundle run training --config_file DIR/configs/train.yaml "
+                    "--meta_file DIR/configs/metadata.json --dataset_dir DATA",
+    )
+    write.add_argument("plugin", help="weight plugin name (`cxrkit list weights`)")
+    write.add_argument("--output_dir", "--output-dir", dest="output_dir", required=True,
+                       help="the bundle folder to write (new or empty)")
+    write.add_argument("--overwrite", action="store_true",
+                       help="replace the bundle's files in a folder that holds files (nothing else is touched)")
+    write.set_defaults(func=run_write)
+
+    for name, helps in (
+        ("check", "compare the repository's bundles/ with what cxrkit renders (exit 1 if they differ)"),
+        ("sync", "rewrite the repository's bundles/ from cxrkit's base config (after editing the templates)"),
+    ):
+        q = bsub.add_parser(name, help=helps, description=helps + ". Checks bundles/_base and every plugin "
+                            "folder there; a plugin needs no folder (cxrkit run training NAME renders its bundle).")
+        q.add_argument("--bundles_dir", "--bundles-dir", dest="bundles_dir", default=None,
+                       help="the bundles folder (default: the repository's bundles/)")
+        if name == "sync":
+            q.add_argument("plugins", nargs="*", help="also add folders for these plugins")
+        q.set_defaults(func=run_check if name == "check" else run_sync)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def run_write(args: argparse.Namespace) -> int:
+    from cxrkit.bundle import write_bundle
+    from cxrkit.registry import RegistryError
+
+    try:
+        folder = write_bundle(args.plugin, args.output_dir, overwrite=args.overwrite)
+    except RegistryError as exc:
+        raise CLIError(str(exc), code=2) from exc
+    except (FileExistsError, OSError) as exc:
+        raise CLIError(str(exc)) from exc
+    print(f"wrote the {args.plugin} bundle: {folder}")
+    print(f"  python -m monai.bundle run training --config_file {folder}/configs/train.yaml "
+          f"--meta_file {folder}/configs/metadata.json --dataset_dir DIR")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from cxrkit.bundle import BundleNotFoundError
+    from cxrkit.bundle.folders import check_bundles
+
+    try:
+        problems = check_bundles(args.bundles_dir)
+    except BundleNotFoundError as exc:
+        raise CLIError(str(exc)) from exc
+    for line in problems:
+        print(line)
+    if problems:
+        raise CLIError("bundles are out of date: run `cxrkit bundle sync`")
+    print("bundles are up to date")
+    return 0
+
+
+def run_sync(args: argparse.Namespace) -> int:
+    from cxrkit.bundle import BundleNotFoundError
+    from cxrkit.bundle.folders import sync_bundles
+    from cxrkit.registry import RegistryError
+
+    try:
+        changed = sync_bundles(args.bundles_dir, args.plugins)
+    except RegistryError as exc:
+        raise CLIError(str(exc), code=2) from exc
+    except BundleNotFoundError as exc:
+        raise CLIError(str(exc)) from exc
+    for path in changed:
+        print(f"wrote {path}")
+    print(f"{len(changed)} file(s) changed")
+    return 0
