@@ -271,6 +271,28 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert "holds training only" in capsys.readouterr().err
 
 
+def test_the_recorder_records_a_thin_bundle_as_one_config(tmp_path):
+    from cxrkit.engine.record import ConfigSnapshot, _raw_config
+
+    whole = yaml.safe_load(base_config("train"))
+    # the thin bundle's override is read on its base bundles/_base
+    merged = _raw_config(str(BUNDLES / "inat_swav" / "configs" / "train.yaml"))
+    assert merged == {**whole, "plugin": "inat_swav"}
+    # the list MONAI was given, merged in order
+    files = [str(f) for f in config_files(BUNDLES / "moco_v2", "train")]
+    assert _raw_config(files) == {**whole, "plugin": "moco_v2"}
+    # an override whose base is elsewhere, or no file at all: cxrkit's base config stands in
+    (tmp_path / "x" / "configs").mkdir(parents=True)
+    (tmp_path / "x" / "configs" / "train.yaml").write_text('plugin: "imagenet"\nepochs: 3\n')
+    assert _raw_config(str(tmp_path / "x" / "configs" / "train.yaml")) == {**whole, "plugin": "imagenet", "epochs": 3}
+    assert _raw_config(str(tmp_path / "missing" / "configs" / "train.yaml")) == whole
+    # a self-contained config and the runner's snapshot are taken as they are
+    written = write_bundle("random", tmp_path / "zoo")
+    assert _raw_config(written / "configs" / "train.yaml") == yaml.safe_load(
+        (written / "configs" / "train.yaml").read_text())
+    assert _raw_config(ConfigSnapshot({"a": 1, "_meta_": {}})) == {"a": 1}
+
+
 @pytest.mark.slow
 def test_full_bundle_run_with_monai_runner_then_evaluate_and_infer(tmp_path):
     data = shared_data("radiography", "COVID-19_Radiography_Dataset")
@@ -297,6 +319,10 @@ def test_full_bundle_run_with_monai_runner_then_evaluate_and_infer(tmp_path):
     resolved = yaml.safe_load((run / "configs" / "train.yaml").read_text())
     assert (resolved["loss"], resolved["epochs"], resolved["seed"], resolved["image_size"]) == ("focal", 1, 3, 32)
     assert resolved["output_dir"] == str(run) and resolved["resume"] is False and resolved["plugin"] == "inat_swav"
+    # ONE self-contained config from the thin bundle's two files (bundle_root "." is not the bundle here):
+    # what a resume runs
+    assert {"run", "training", "train", "validate", "engine_inputs", "run_recorder"} <= set(resolved)
+    assert resolved["mode"] == "finetune" and resolved["bundle_root"] == str(run)
     meta = json.loads((run / "configs" / "metadata.json").read_text())
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "COVID", "1": "Normal"}
     assert meta["pytorch_version"] == torch.__version__.split("+")[0]  # a run records what it ran with

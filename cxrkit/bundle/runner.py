@@ -5,8 +5,10 @@ the linear probe and the benchmarks call. It is the Python form of::
 
     python -m monai.bundle run training --config_file BUNDLE/configs/train.yaml --bundle_root BUNDLE ...
 
-It takes a bundle folder (``bundles/inat_swav``), a plugin name or a run
-folder, sets ``bundle_root`` to it and runs MONAI's ``ConfigWorkflow``
+(a thin bundle such as ``bundles/inat_swav`` runs as the list ``bundles/_base/configs/train.yaml``,
+``bundles/inat_swav/configs/train.yaml``: :func:`cxrkit.bundle.config_files`). It takes a bundle
+folder, a plugin name (its bundle rendered from the package: :func:`cxrkit.bundle.find_bundle`) or a
+run folder, sets ``bundle_root`` to it and runs MONAI's ``ConfigWorkflow``
 (:func:`monai.bundle.scripts.create_workflow`, ``run``, ``finalize``: what
 :func:`monai.bundle.run` does) with the overrides. A training run is handed
 the config it runs, every override applied (:class:`cxrkit.engine.record.ConfigSnapshot`),
@@ -65,16 +67,16 @@ def user_error(exc: BaseException) -> BaseException | None:
 
 
 def _config_and_overrides(name: str, bundle: str | Path,
-                          overrides: Mapping[str, Any] | None) -> tuple[Path, Path, dict[str, Any]]:
-    """``(bundle root, config file, overrides)``; a resumed training uses the run folder's own config."""
-    from cxrkit.bundle import find_bundle
+                          overrides: Mapping[str, Any] | None) -> tuple[Path, list[Path], dict[str, Any]]:
+    """``(bundle root, config files in merge order, overrides)``; a resumed training uses the run folder's own
+    config. A thin bundle (``bundles/<plugin>``) runs as two files, its base ``bundles/_base`` and its override
+    (:func:`cxrkit.bundle.config_files`); a self-contained bundle or a run folder as one."""
+    from cxrkit.bundle import config_files, find_bundle
     from cxrkit.runfolder import resume_target
 
     config_name = WORKFLOWS[name][0]
     root = find_bundle(bundle)
-    config = root / "configs" / config_name
-    if not config.is_file():
-        raise FileNotFoundError(f"{config} does not exist: {root} has no {name} config")
+    configs = config_files(root, config_name.split(".")[0])
     pairs = dict(overrides or {})
     if name == "training" and "resume" in pairs:
         resuming, target = resume_target(pairs["resume"])
@@ -82,19 +84,20 @@ def _config_and_overrides(name: str, bundle: str | Path,
         if folder and (folder / "configs" / config_name).is_file() and folder.resolve() != root:
             logger.info("resuming %s with its own configs/%s", folder, config_name)
             root = folder.resolve()
-            config = root / "configs" / config_name
+            configs = [root / "configs" / config_name]
     pairs.setdefault("bundle_root", str(root))
-    return root, config, pairs
+    return root, configs, pairs
 
 
-def _snapshot(config: Path, pairs: Mapping[str, Any]) -> Any:
-    """The training config as written, overrides applied, for the run recorder (``None`` when it has none)."""
+def _snapshot(configs: list[Path], pairs: Mapping[str, Any]) -> Any:
+    """The training config as written (the files merged, overrides applied) for the run recorder
+    (``None`` when it has none)."""
     from monai.bundle import ConfigParser
 
     from cxrkit.engine.record import ConfigSnapshot
 
     parser = ConfigParser()
-    parser.read_config(str(config))
+    parser.read_config([str(c) for c in configs])
     if "run_recorder" not in parser.config:
         return None
     try:
@@ -123,17 +126,17 @@ def bundle_workflow(workflow: str, bundle: str | Path, overrides: Mapping[str, A
     from monai.bundle.scripts import create_workflow
 
     name = workflow_name(workflow)
-    root, config, pairs = _config_and_overrides(name, bundle, overrides)
+    root, configs, pairs = _config_and_overrides(name, bundle, overrides)
     if name == "training":
-        snapshot = _snapshot(config, pairs)
+        snapshot = _snapshot(configs, pairs)
         if snapshot is not None:
             pairs["run_recorder#config"] = snapshot
-    logging_file = root / "configs" / "logging.conf"
+    logging_file = configs[0].parent / "logging.conf"  # MONAI's default: beside the (first) config
     with warnings.catch_warnings():
         # MONAI warns that configs run code; these are cxrkit's own or the user's configs
         warnings.filterwarnings("ignore", message="parsing config_file")
         return create_workflow(
-            config_file=str(config),
+            config_file=[str(c) for c in configs] if len(configs) > 1 else str(configs[0]),
             meta_file=str(root / "configs" / "metadata.json"),
             logging_file=str(logging_file) if logging_file.is_file() else None,
             run_id=WORKFLOWS[name][1],
