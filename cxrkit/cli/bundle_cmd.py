@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
-
-from cxrkit.cli import CLIError
+from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bundle", help="write a MONAI bundle for any weight plugin; check the repository's bundles/")
+    from cxrkit.options import CommandFormatter, add_common, add_option
+
+    p = sub.add_parser(
+        "bundle", help="write a MONAI bundle for any weight plugin; check the repository's bundles/",
+        description="Bundles come from one base config inside the cxrkit package: `write` makes a self-contained "
+                    "bundle of any weight plugin; `check` and `sync` keep the repository's thin bundles/ in step.",
+        epilog="examples:\n  cxrkit bundle write xrv_resnet50 --output_dir my_bundle\n"
+               "  cxrkit bundle check\n  cxrkit bundle sync",
+        formatter_class=CommandFormatter,
+    )
     bsub = p.add_subparsers(dest="bundle_command", metavar="ACTION")
     p.set_defaults(func=lambda args: _usage(p))
 
@@ -18,12 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "party) into --output_dir. MONAI's own runner trains it, without cxrkit's command line: "
                     "python -m monai.bundle run training --config_file DIR/configs/train.yaml "
                     "--meta_file DIR/configs/metadata.json --dataset_dir DATA",
+        epilog="example:\n  cxrkit bundle write xrv_resnet50 --output_dir my_bundle",
+        formatter_class=CommandFormatter,
     )
     write.add_argument("plugin", help="weight plugin name (`cxrkit list weights`)")
-    write.add_argument("--output_dir", "--output-dir", dest="output_dir", required=True,
-                       help="the bundle folder to write (new or empty)")
-    write.add_argument("--overwrite", action="store_true",
-                       help="replace the bundle's files in a folder that holds files (nothing else is touched)")
+    add_common(write, "output_dir", required=True, help="the bundle folder to write (new or empty)")
+    add_option(write, "--overwrite", action="store_true",
+               help="replace the bundle's files in a folder that holds files (nothing else is touched)")
     write.set_defaults(func=run_write)
 
     for name, helps in (
@@ -31,11 +40,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ("sync", "rewrite the repository's bundles/ from cxrkit's base config (after editing the templates)"),
     ):
         q = bsub.add_parser(name, help=helps, description=helps + ". Checks bundles/_base and every plugin "
-                            "folder there; a plugin needs no folder (cxrkit run training NAME renders its bundle).")
-        q.add_argument("--bundles_dir", "--bundles-dir", dest="bundles_dir", default=None,
-                       help="the bundles folder (default: the repository's bundles/)")
+                            "folder there; a plugin needs no folder (cxrkit run training NAME renders its bundle).",
+                            formatter_class=CommandFormatter)
+        add_option(q, "--bundles_dir", type=Path, default=None, metavar="DIR",
+                   help="the bundles folder (default: the repository's bundles/)")
         if name == "sync":
-            q.add_argument("plugins", nargs="*", help="also add folders for these plugins")
+            q.add_argument("plugins", nargs="*", metavar="PLUGIN", help="also add folders for these plugins")
         q.set_defaults(func=run_check if name == "check" else run_sync)
 
 
@@ -46,13 +56,14 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def run_write(args: argparse.Namespace) -> int:
     from cxrkit.bundle import write_bundle
+    from cxrkit.cli import CLIError
     from cxrkit.registry import RegistryError
 
     try:
         folder = write_bundle(args.plugin, args.output_dir, overwrite=args.overwrite)
     except RegistryError as exc:
         raise CLIError(str(exc), code=2) from exc
-    except (FileExistsError, OSError) as exc:
+    except OSError as exc:  # FileExistsError included
         raise CLIError(str(exc)) from exc
     print(f"wrote the {args.plugin} bundle: {folder}")
     print(f"  python -m monai.bundle run training --config_file {folder}/configs/train.yaml "
@@ -63,6 +74,7 @@ def run_write(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from cxrkit.bundle import BundleNotFoundError
     from cxrkit.bundle.folders import check_bundles
+    from cxrkit.cli import CLIError
 
     try:
         problems = check_bundles(args.bundles_dir)
@@ -79,6 +91,7 @@ def run_check(args: argparse.Namespace) -> int:
 def run_sync(args: argparse.Namespace) -> int:
     from cxrkit.bundle import BundleNotFoundError
     from cxrkit.bundle.folders import sync_bundles
+    from cxrkit.cli import CLIError
     from cxrkit.registry import RegistryError
 
     try:
