@@ -35,15 +35,17 @@ training side); :meth:`RunPaths.of` opens an existing one (the readers).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from cxrkit import options
 
-__all__ = ["RunPaths", "RunDirError", "resume_target", "model_file", "WEIGHTS_KEYS", "INFERENCE_CONFIGS"]
+__all__ = ["RunPaths", "RunDirError", "MetadataError", "resume_target", "model_file", "class_names",
+           "metadata_classes", "WEIGHTS_KEYS", "INFERENCE_CONFIGS"]
 
 #: keys of ``weights.json`` (the run-folder contract).
 WEIGHTS_KEYS = ("plugin", "architecture", "path", "sha256", "pretrained")
@@ -53,6 +55,10 @@ INFERENCE_CONFIGS = ("inference.yaml", "inference.json")
 
 class RunDirError(ValueError):
     """The output / resume folder cannot be used; the message says why and what to do."""
+
+
+class MetadataError(ValueError):
+    """A bundle's ``configs/metadata.json`` does not name the classes; the message says how to fix it."""
 
 
 def resume_target(resume: Any) -> tuple[bool, str | None]:
@@ -198,3 +204,58 @@ def model_file(bundle_root: Any) -> str:
             "folder it writes (runs/<plugin>-<timestamp>), or pass --bundle_root RUN_DIR"
         )
     return str(path)
+
+
+def metadata_classes(metadata: Mapping[str, Any], source: str | os.PathLike[str] = "metadata.json") -> list[str]:
+    """The class names, by output index, from bundle metadata.
+
+    Args:
+        metadata: the parsed ``metadata.json``.
+        source: where the metadata came from (for error messages).
+
+    Returns:
+        ``channel_def`` of the first output as a list (index ``i`` -> name).
+
+    Raises:
+        MetadataError: no ``channel_def``, or its keys are not the indices ``0 .. n-1``.
+    """
+    try:
+        outputs = metadata["network_data_format"]["outputs"]
+        channel_def = next(iter(outputs.values()))["channel_def"]
+    except (KeyError, TypeError, StopIteration):
+        raise MetadataError(
+            f"{source}: no network_data_format.outputs.<output>.channel_def naming the classes; a run folder "
+            "written by `cxrkit run training` has it. Re-run training or add "
+            '"channel_def": {"0": "<class 0>", "1": "<class 1>"} to the output'
+        ) from None
+    try:
+        indexed = {int(k): str(v) for k, v in channel_def.items()}
+    except (AttributeError, ValueError):
+        raise MetadataError(f"{source}: channel_def must map output indices to class names, got {channel_def!r}")
+    if sorted(indexed) != list(range(len(indexed))) or len(indexed) < 2:
+        raise MetadataError(
+            f"{source}: channel_def keys must be the output indices 0..n-1 (n >= 2), got {sorted(indexed)}"
+        )
+    return [indexed[i] for i in range(len(indexed))]
+
+
+def class_names(bundle_root: Any) -> list[str]:
+    """The classes of ``<bundle_root>/configs/metadata.json``: the evaluate and inference configs' ``classes``.
+
+    The configs call this (``classes: "$workflow.class_names(@bundle_root)"``) instead of holding the
+    names, so a class name is always data: the config parser never sees it, whatever its characters.
+
+    Raises:
+        MetadataError: no readable ``metadata.json`` there, or it does not name the classes.
+    """
+    path = RunPaths.of(str(bundle_root)).metadata
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MetadataError(
+            f"{path} does not exist: the class names of a bundle are in its configs/metadata.json. Pass the run "
+            "folder (cxrkit run evaluate|inference RUN_DIR, or --bundle_root RUN_DIR)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise MetadataError(f"{path}: not readable JSON: {exc}") from None
+    return metadata_classes(metadata, path)

@@ -25,7 +25,7 @@ from monai.bundle import ConfigParser
 
 from cxrkit.bundle import BundleNotFoundError, cached_bundle, config_files, find_bundle, write_bundle
 from cxrkit.bundle.folders import base_files, bundle_files, check_bundles, sync_bundles, thin_files
-from cxrkit.bundle.render import BundleParams, _set_top_level, base_config, render_config, render_override
+from cxrkit.bundle.render import BundleParams, _set_top_level, base_config, render_config, render_metadata, render_override
 from cxrkit.cli import main
 from cxrkit.options import flag, optional, parse_overrides
 from cxrkit.registry import RegistryError, weights
@@ -127,9 +127,15 @@ def test_run_folder_configs_build_the_trained_network_without_a_weight_file(plug
         config = yaml.safe_load(render_config(kind, params))
         assert (config["plugin"], config["image_size"], config["head"], config["bundle_root"]) == (
             plugin, 32, "linear", "/runs/x")
-        assert config["classes"] == ["a", "b", "c"] and config["num_classes"] == 3 and run_id in config
-    (tmp_path / "inference.yaml").write_text(render_config("inference", params))
-    parser = _parser(tmp_path / "inference.yaml")
+        # the names live in metadata.json only: the config reads them when it runs
+        assert config["classes"] == "$workflow.class_names(@bundle_root)" and run_id in config
+        assert '"a"' not in render_config(kind, params)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "inference.yaml").write_text(render_config("inference", params))
+    (tmp_path / "configs" / "metadata.json").write_text(json.dumps(render_metadata(params)))
+    parser = _parser(tmp_path / "configs" / "inference.yaml")
+    parser["bundle_root"] = str(tmp_path)
+    assert parser.get_parsed_content("classes") == ["a", "b", "c"] and parser.get_parsed_content("num_classes") == 3
     net = parser.get_parsed_content("network_def")
     assert net.weights_info["pretrained"] is False and net.weights_info["plugin"] == plugin
     assert net.head_name == "linear" and net.in_channels == 3

@@ -71,7 +71,8 @@ class BundleParams:
         plugin: weight plugin name (built-in or installed by a third party).
         image_size: network input size in pixels (base default: the plugin's own).
         head: classification head (base default: ``study``).
-        classes: class names by output index (evaluate/inference configs; metadata: the study's two).
+        classes: class names by output index: metadata ``channel_def`` only (the study's two by default); the
+            evaluate and inference configs read them from there when they run, never hold them.
         in_channels: the trained network's input channels (base default: the plugin's).
         bundle_root: the bundle folder the configs name (base default ``"."``; a run: its folder).
     """
@@ -84,7 +85,7 @@ class BundleParams:
     bundle_root: str | None = None
 
     def overrides(self, kind: str) -> dict[str, Any]:
-        """Top-level config values of ``kind`` that differ from the base (classes: evaluate/inference only)."""
+        """Top-level config values of ``kind`` that differ from the base (never the classes: metadata only)."""
         out: dict[str, Any] = {"plugin": str(self.plugin)}
         if self.bundle_root is not None:
             out["bundle_root"] = str(self.bundle_root)
@@ -92,9 +93,9 @@ class BundleParams:
             out["image_size"] = int(self.image_size)
         if self.head is not None:
             out["head"] = str(self.head)
-        if kind != "train":  # a training config reads its classes from the data
-            if self.classes is not None:
-                out.update(classes=list(self.classes), num_classes=len(self.classes))
+        # no class names: every config reads them when it runs (a training config from the data, evaluate and
+        # inference from configs/metadata.json), so no config parser ever evaluates a name
+        if kind != "train":
             if self.in_channels is not None:
                 out["in_channels"] = int(self.in_channels)
         return out

@@ -89,6 +89,30 @@ def _config_and_overrides(name: str, bundle: str | Path,
     return root, configs, pairs
 
 
+def _check_metadata_classes(*roots: Any) -> None:
+    """Refuse class names in ``configs/metadata.json`` that cannot be stored safely, before MONAI reads the file.
+
+    The configs read the names as data (:func:`cxrkit.runfolder.class_names`), but MONAI's runner loads the
+    metadata into its config parser as ``_meta_``, where a name like ``%file#id`` is a macro.
+
+    Raises:
+        cxrkit.data.classnames.ClassNameError: a name the run folder should never hold (it was edited by hand or
+            written by a cxrkit that did not check names); the message names the file.
+    """
+    import json
+
+    from cxrkit.data.classnames import check_class_names
+    from cxrkit.runfolder import RunPaths, metadata_classes
+
+    for root in {str(r) for r in roots if r is not None}:
+        meta = RunPaths.of(root).metadata
+        try:
+            names = metadata_classes(json.loads(meta.read_text(encoding="utf-8")), meta)
+        except (OSError, ValueError):
+            continue  # no metadata or no classes: the workflow reports what it needs
+        check_class_names(names, f"{meta} (channel_def)")
+
+
 def _snapshot(configs: list[Path], pairs: Mapping[str, Any]) -> Any:
     """The training config as written (the files merged, overrides applied) for the run recorder
     (``None`` when it has none)."""
@@ -127,6 +151,7 @@ def bundle_workflow(workflow: str, bundle: str | Path, overrides: Mapping[str, A
 
     name = workflow_name(workflow)
     root, configs, pairs = _config_and_overrides(name, bundle, overrides)
+    _check_metadata_classes(root, pairs.get("bundle_root"))
     if name == "training":
         snapshot = _snapshot(configs, pairs)
         if snapshot is not None:

@@ -124,6 +124,10 @@ class DatasetSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from cxrkit.data.classnames import check_class_names
+
+        # every adapter's names (third-party ones too) reach run folders only through here
+        self.classes = check_class_names(self.classes, f"{self.name} dataset")
         for item in self.items:
             label = item.get("label")
             if not isinstance(label, int) or not 0 <= label < len(self.classes):

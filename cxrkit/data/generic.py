@@ -19,6 +19,7 @@ from cxrkit.data.adapter import (
     natural_key,
     read_csv_rows,
 )
+from cxrkit.data.classnames import check_class_names, class_name_problem
 from cxrkit.data.errors import DatasetError
 
 __all__ = ["FolderDataset", "CsvDataset"]
@@ -80,6 +81,7 @@ class FolderDataset(DatasetAdapter):
         regex = _patient_regex(patient_regex)
         subdirs = {p.name: p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
         names = as_list(classes) or sorted(subdirs, key=natural_key)
+        check_class_names(names, f"folder: a class folder of {root}" if classes is None else "folder: classes=")
         if not names:
             raise DatasetError(f"folder: {root} has no sub-folders; put each class's images in its own folder")
         missing = [c for c in names if c not in subdirs]
@@ -156,6 +158,11 @@ class CsvDataset(DatasetAdapter):
                 f"csv: class(es) {', '.join(unknown)} do not occur in column {label_column} of {csv_path}; "
                 f"its values are: {', '.join(labels[:20])}"
             )
+        if classes is None:  # the names are the column's values: say which row holds a bad one
+            for n, row in enumerate(rows, start=2):
+                if row[label_column] and class_name_problem(row[label_column]):
+                    check_class_names([row[label_column]], f"csv: row {n}, column {label_column} of {csv_path}")
+        check_class_names(names, "csv: classes=")
         lookup = {c: i for i, c in enumerate(names)}
         items, missing = [], []
         excluded: dict[str, list[str]] = {}

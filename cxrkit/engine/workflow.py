@@ -10,7 +10,7 @@ module that owns its concept:
 * :mod:`cxrkit.engine.loaders` - ``make_dataset``, ``make_loader``, ``prepare_batch``;
 * :mod:`cxrkit.engine.metrics` - ``pick_metrics``, ``metric_comparator``;
 * :mod:`cxrkit.data.inputs` - ``list_images``, ``IMAGE_SUFFIXES``;
-* :mod:`cxrkit.runfolder` - ``model_file``.
+* :mod:`cxrkit.runfolder` - ``model_file``, ``class_names``.
 
 Nothing else lives here: new code imports from the owning module.
 """
@@ -22,7 +22,7 @@ from cxrkit.engine.hardware import amp_enabled, amp_kwargs, configure_threads, p
 from cxrkit.engine.loaders import make_dataset, make_loader, prepare_batch
 from cxrkit.engine.metrics import metric_comparator, pick_metrics
 from cxrkit.options import flag, optional
-from cxrkit.runfolder import model_file
+from cxrkit.runfolder import class_names, model_file
 
 __all__ = [
     "optional",
@@ -35,6 +35,7 @@ __all__ = [
     "metric_comparator",
     "list_images",
     "model_file",
+    "class_names",
     "prepare_batch",
     "amp_enabled",
     "amp_kwargs",

@@ -94,6 +94,17 @@ def export_reviews(
     reviewed = [s for s in studies if s.review is not None]
     if not reviewed:
         raise ReviewError(f"{client.url}: no study is reviewed yet; review some with `cxrkit review` first")
+    unusable = [s for s in reviewed if s.review is not None and s.review.problem]
+    if unusable:
+        from cxrkit.data.classnames import POLICY
+
+        listed = "; ".join(f"study {s.id!r}: label {s.review.label!r}: {s.review.problem}"  # type: ignore[union-attr]
+                           for s in unusable[:5])
+        raise ReviewError(
+            f"{client.url}: {len(unusable)} stored review label(s) cannot be used as class names ({listed}"
+            f"{'; ...' if len(unusable) > 5 else ''}). Review those studies again with `cxrkit review` (a new "
+            f"review replaces the label) or delete their final labels; {POLICY}."
+        )
     image_dir = out_csv.parent / f"{out_csv.stem}_images"
     rows, used, downloaded = [], set(), 0
     from tqdm.auto import tqdm

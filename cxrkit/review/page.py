@@ -8,7 +8,7 @@ from typing import Sequence
 from urllib.parse import quote, urlencode
 
 from cxrkit.review.evidence import Answer
-from cxrkit.review.studies import Study
+from cxrkit.review.studies import Review, Study
 
 __all__ = ["list_page", "study_page", "error_page"]
 
@@ -23,6 +23,7 @@ table{border-collapse:collapse;background:#fff;min-width:40em}
 td,th{padding:.3em .8em;border-bottom:1px solid #dde;text-align:left}
 .status-reviewed{color:#1a7f37}.status-predicted{color:#0b5cad}.status-not{color:#777}
 .pages a,.pages span{margin-right:.6em}
+.bad-label{color:#b42318;font-size:.9em}
 .study{display:flex;gap:1.5em;align-items:flex-start}
 .viewer{position:relative;display:inline-block;background:#000;line-height:0}
 .viewer img{display:block;height:calc(100vh - 9em);min-height:240px;max-height:760px;width:auto;max-width:62vw;object-fit:contain}
@@ -128,7 +129,7 @@ def list_page(
         rows.append(
             f"<tr data-study=\"{escape(s.id)}\"><td>{n}</td><td><a href=\"{escape(_study_url(s.id))}\">"
             f"{escape(s.id)}</a></td><td class={_status_class(status)}>{escape(status)}</td>"
-            f"<td>{escape(r.label) if r else ''}</td><td>{escape(r.reviewer or '') if r else ''}</td></tr>"
+            f"<td>{_label_cell(r)}</td><td>{escape(r.reviewer or '') if r else ''}</td></tr>"
         )
     nav = []
     if page > 1:
@@ -150,6 +151,16 @@ def list_page(
     return _shell("studies", body, addr, local, data)
 
 
+def _label_cell(review: Review | None) -> str:
+    """A stored review label, escaped, marked when it cannot be used as a class name (it is not exported)."""
+    if review is None:
+        return ""
+    if review.problem:
+        return (f"{escape(review.label)} <span class=bad-label>(not a usable class name: {escape(review.problem)}; "
+                "not exported)</span>")
+    return escape(review.label)
+
+
 def study_page(
     study: Study, prev: Study | None, nxt: Study | None, answer: Answer, key: str, addr: str, local: bool,
     status: str,
@@ -167,8 +178,9 @@ def study_page(
             f"<span class=prob>{p * 100:.1f}%</span></button>"
         )
     review = study.review
-    current = (f"Reviewed: {escape(review.label)} by {escape(review.reviewer or 'unknown')}"
-               f"{' at ' + escape(review.reviewed_at) if review.reviewed_at else ''}") if review else ""
+    current = (f"Reviewed: {_label_cell(review)} by {escape(review.reviewer or 'unknown')}"
+               f"{' at ' + escape(review.reviewed_at) if review.reviewed_at else ''}"
+               f"{'; review it again to replace the stored label' if review.problem else ''}") if review else ""
     body = (
         f"<p><a href=\"/\">&larr; all studies</a> &middot; status: <span id=status>{escape(status)}</span></p>"
         "<div class=study><div class=viewer>"

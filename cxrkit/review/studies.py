@@ -47,6 +47,14 @@ class Review:
     probability: float | None = None
 
     @property
+    def problem(self) -> str | None:
+        """Why the stored label cannot be used as a class name (anyone who can write to the datastore can store
+        any text), or ``None``; see :mod:`cxrkit.data.classnames`."""
+        from cxrkit.data.classnames import class_name_problem
+
+        return class_name_problem(self.label)
+
+    @property
     def agrees(self) -> bool | None:
         """Whether the reviewer kept the model's prediction (``None``: no prediction recorded)."""
         return None if self.prediction is None else self.prediction == self.label

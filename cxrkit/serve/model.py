@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
-from cxrkit.runfolder import INFERENCE_CONFIGS, RunPaths
+from cxrkit.runfolder import INFERENCE_CONFIGS, MetadataError, RunPaths, metadata_classes
 
 __all__ = ["LoadedModel", "ModelLoadError", "load_model", "class_names"]
 
@@ -46,36 +46,15 @@ class ModelLoadError(ValueError):
 
 
 def class_names(metadata: Mapping[str, Any], source: str | os.PathLike = "metadata.json") -> list[str]:
-    """The class names, by output index, from bundle metadata.
-
-    Args:
-        metadata: the parsed ``metadata.json``.
-        source: where the metadata came from (for error messages).
-
-    Returns:
-        ``channel_def`` of the first output as a list (index ``i`` -> name).
+    """The class names, by output index, from bundle metadata (:func:`cxrkit.runfolder.metadata_classes`).
 
     Raises:
         ModelLoadError: no ``channel_def``, or its keys are not the indices ``0 .. n-1``.
     """
     try:
-        outputs = metadata["network_data_format"]["outputs"]
-        channel_def = next(iter(outputs.values()))["channel_def"]
-    except (KeyError, TypeError, StopIteration):
-        raise ModelLoadError(
-            f"{source}: no network_data_format.outputs.<output>.channel_def naming the classes; a run folder "
-            "written by `cxrkit run training` has it. Re-run training or add "
-            '"channel_def": {"0": "<class 0>", "1": "<class 1>"} to the output'
-        ) from None
-    try:
-        indexed = {int(k): str(v) for k, v in channel_def.items()}
-    except (AttributeError, ValueError):
-        raise ModelLoadError(f"{source}: channel_def must map output indices to class names, got {channel_def!r}")
-    if sorted(indexed) != list(range(len(indexed))) or len(indexed) < 2:
-        raise ModelLoadError(
-            f"{source}: channel_def keys must be the output indices 0..n-1 (n >= 2), got {sorted(indexed)}"
-        )
-    return [indexed[i] for i in range(len(indexed))]
+        return metadata_classes(metadata, source)
+    except MetadataError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 @dataclass

@@ -33,6 +33,7 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.transform.pre import LoadImageTensord
 
 from cxrkit import options
+from cxrkit.data.classnames import check_class_names
 from cxrkit.data.errors import find_bad_image_error
 from cxrkit.runfolder import RunPaths
 from cxrkit.serve.gradcam import CAMError
@@ -119,7 +120,9 @@ class CXRClassificationInfer(BundleInferTask):
             return
         self._predictors: dict[str, tuple[Predictor, float]] = {}
         meta_file = RunPaths.of(path).metadata
-        self.classes = class_names(json.loads(meta_file.read_text()), meta_file)
+        # the names become review labels in the datastore: refuse a run folder holding names cxrkit never writes
+        self.classes = check_class_names(class_names(json.loads(meta_file.read_text()), meta_file),
+                                         f"{meta_file} (channel_def)")
         self.labels = {name: i for i, name in enumerate(self.classes)}  # keep the names' case
         self._config.pop("model_filename", None)  # the run's best model (models/model.pt) is what is served
         self._config.update({"cam": False})
