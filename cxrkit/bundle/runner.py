@@ -145,12 +145,20 @@ def bundle_workflow(workflow: str, bundle: str | Path, overrides: Mapping[str, A
     Raises:
         cxrkit.bundle.BundleNotFoundError: not a bundle folder.
         FileNotFoundError: the bundle lacks the workflow's config.
+        cxrkit.engine.settings.SettingsError: an override names no config id (with the nearest ids), or a
+            setting's value is bad (raised by the config's ``initialize``, wrapped by MONAI).
         Exception: whatever initialising the workflow raises.
     """
+    from monai.bundle import ConfigParser
     from monai.bundle.scripts import create_workflow
+
+    from cxrkit.engine.settings import check_overrides
 
     name = workflow_name(workflow)
     root, configs, pairs = _config_and_overrides(name, bundle, overrides)
+    # unknown option names before anything runs (the config's `initialize` then checks every value)
+    where = " + ".join(str(c) for c in configs)
+    check_overrides(ConfigParser.load_config_files([str(c) for c in configs]), pairs, f"the {name} config {where}")
     _check_metadata_classes(root, pairs.get("bundle_root"))
     if name == "training":
         snapshot = _snapshot(configs, pairs)

@@ -82,9 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.overrides = list(extra)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a training run (cxrkit.engine.record.Terminated)
+        signum = int(getattr(exc, "signum", 2))
+        print("interrupted" if signum == 2 else f"terminated ({exc})", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:  # `cxrkit ... | head`: the reader went away; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141

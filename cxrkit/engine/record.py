@@ -15,6 +15,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,9 +27,52 @@ from cxrkit.atomic import atomic_write_json, atomic_write_text
 from cxrkit.runfolder import WEIGHTS_KEYS, RunPaths
 from cxrkit.versions import library_versions
 
-__all__ = ["RunRecorder", "ConfigSnapshot"]
+__all__ = ["RunRecorder", "ConfigSnapshot", "Terminated", "TerminationSignal"]
 
 logger = logging.getLogger(__name__)
+
+
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop with SIGTERM (``timeout``, Slurm, Kubernetes, ``docker stop``).
+
+    A :class:`KeyboardInterrupt`, so a training run records it as Ctrl-C: status ``interrupted`` with
+    ``resume_with``.
+
+    Attributes:
+        signum: the signal number (the command line exits with ``128 + signum``).
+    """
+
+    signum = int(getattr(signal, "SIGTERM", 15))
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(f"received {signal.Signals(signum).name} (e.g. from timeout, Slurm, Kubernetes or docker stop)")
+
+
+class TerminationSignal:
+    """SIGTERM raised as :class:`Terminated` while installed; the previous handler is restored afterwards.
+
+    Signal handlers belong to the main thread: :meth:`install` does nothing in any other thread.
+    """
+
+    def __init__(self) -> None:
+        self._previous: Any = None
+        self.installed = False
+
+    def install(self) -> None:
+        """Raise :class:`Terminated` on SIGTERM (main thread only; idempotent)."""
+        if self.installed or threading.current_thread() is not threading.main_thread():
+            return
+        self._previous = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _raise_terminated)
+        self.installed = True
+
+    def restore(self) -> None:
+        """Put the previous SIGTERM handler back."""
+        if not self.installed:
+            return
+        signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+        self.installed = False
 
 
 class ConfigSnapshot:
@@ -93,7 +138,9 @@ class RunRecorder:
     ``weights.json``, ``versions.json`` and a first ``summary.json``. At the end
     (or on an exception, which it re-raises) the final ``summary.json`` with the
     status and wall time. Attach it FIRST so it sees exceptions before
-    ``StatsHandler`` re-raises them.
+    ``StatsHandler`` re-raises them. While the run lasts, SIGTERM is an
+    interruption like Ctrl-C (:class:`TerminationSignal`): ``summary.json`` then says
+    ``interrupted`` with ``resume_with``.
 
     Args:
         run_paths: the run folder.
@@ -101,7 +148,9 @@ class RunRecorder:
         network: the :class:`~cxrkit.networks.classifier.CXRClassifier` being trained.
         image_size: network input size in pixels.
         recorder: the :class:`~cxrkit.engine.handlers.MetricsRecorder` (best epoch for the summary).
-        settings: the run's resolved top-level settings, written into ``configs/train.yaml`` over ``config``.
+        settings: the run's resolved top-level settings, written into ``configs/train.yaml`` over ``config``
+            (``bundle_root`` and ``output_dir`` become the run folder, ``dataset_dir`` the data's root, ``resume``
+            false).
         device: the training device.
         config: the raw training config (a :class:`ConfigSnapshot` from the runner, a mapping, or the
             config file the run was started from).
@@ -133,6 +182,7 @@ class RunRecorder:
         self.details = dict(details or {})
         self._started = 0.0
         self._previous_wall = 0.0
+        self._termination = TerminationSignal()
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.started)
@@ -176,6 +226,9 @@ class RunRecorder:
         )
         config = _raw_config(self.config)
         config.update(self.settings)
+        # where this run is and what it read: resuming it needs no option
+        config.update(bundle_root=str(self.paths.root), output_dir=str(self.paths.root),
+                      dataset_dir=getattr(self.data, "root", config.get("dataset_dir")), resume=False)
         atomic_write_text(self.paths.configs / "train.yaml",
                           "# Resolved training config of this run (overrides applied), written by cxrkit.\n"
                           + yaml.safe_dump(config, sort_keys=False, default_flow_style=False, width=110))
@@ -185,6 +238,7 @@ class RunRecorder:
         atomic_write_text(self.paths.configs / "logging.conf", render_logging_conf())
 
     def started(self, engine: Engine) -> None:
+        self._termination.install()
         self._started = time.time()
         if self.paths.resuming and self.paths.summary.is_file():
             try:
@@ -206,6 +260,7 @@ class RunRecorder:
         logger.info("run folder: %s", self.paths.root)
 
     def completed(self, engine: Engine) -> None:
+        self._termination.restore()
         stopped_early = engine.state.epoch < (engine.state.max_epochs or 0)
         atomic_write_json(self.paths.summary, self._summary("finished", stopped_early=stopped_early))
         logger.info("finished: %s (best %s=%s at epoch %s)", self.paths.root,
@@ -213,6 +268,7 @@ class RunRecorder:
                     getattr(self.recorder, "best_epoch", "?"))
 
     def failed(self, engine: Engine, error: BaseException) -> None:
+        self._termination.restore()
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         try:
             atomic_write_json(self.paths.summary, self._summary(

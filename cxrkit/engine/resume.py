@@ -13,7 +13,9 @@ ends exactly where an uninterrupted run with the same seed ends:
 * the checkpoint is written at the end of every epoch, after validation,
   atomically (temporary file + ``os.replace``): an exception never leaves a
   half-written file, and the previous epoch's checkpoint stays until the new
-  one is complete.
+  one is complete. A process killed outright (SIGKILL, power loss) while
+  writing leaves its temporary file behind; the next start or resume of the
+  run folder removes such files (:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sized
 
@@ -38,12 +41,40 @@ __all__ = [
     "RunCheckpoint",
     "epoch_seed",
     "LAST_CHECKPOINT",
+    "TEMPORARY_PATTERNS",
+    "remove_stale_temporaries",
 ]
 
 logger = logging.getLogger(__name__)
 
 #: file name of the resume checkpoint inside ``<run>/models/``.
 LAST_CHECKPOINT = "checkpoint_last.pt"
+#: names of the temporary files the atomic writers make in ``models/``: ignite's ``DiskSaver(atomic=True)``
+#: (``tempfile.NamedTemporaryFile``: ``tmp`` + 8 characters) and :mod:`cxrkit.atomic` (``.<name>.<8>.tmp``).
+TEMPORARY_PATTERNS = (re.compile(r"tmp[a-z0-9_]{8}"), re.compile(r"\..+\.[a-z0-9_]{8}\.tmp"))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the atomic writers' temporary files left in ``folder`` by a process that was killed while writing.
+
+    Only names matching :data:`TEMPORARY_PATTERNS` are touched (never ``model.pt`` or
+    ``checkpoint_last.pt``); call it only when no other process writes there (the start of a run).
+
+    Returns:
+        The files removed (each is logged with its size).
+    """
+    removed = []
+    base = Path(folder)
+    if not base.is_dir():
+        return removed
+    for path in sorted(base.iterdir()):
+        if path.is_file() and not path.is_symlink() and any(p.fullmatch(path.name) for p in TEMPORARY_PATTERNS):
+            size = path.stat().st_size
+            path.unlink()
+            removed.append(path)
+            logger.warning("removed %s (%.1f MB): a temporary checkpoint file of an interrupted write", path,
+                           size / 1e6)
+    return removed
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
@@ -257,9 +288,17 @@ class RunCheckpoint:
             filename_pattern=self.filename,
             n_saved=1,
         )
+        engine.add_event_handler(Events.STARTED, self.clean)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load, to_save)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+
+    def clean(self, engine: Engine) -> None:
+        """Remove temporary files a killed run left in ``save_dir`` (rank 0: the one that writes there)."""
+        import ignite.distributed as idist
+
+        if idist.get_rank() == 0:
+            remove_stale_temporaries(self.save_dir)
 
     def load(self, engine: Engine, to_load: dict[str, Any]) -> None:
         """Restore every object from the checkpoint (``weights_only=True``)."""

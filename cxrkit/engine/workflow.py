@@ -10,7 +10,8 @@ module that owns its concept:
 * :mod:`cxrkit.engine.loaders` - ``make_dataset``, ``make_loader``, ``prepare_batch``;
 * :mod:`cxrkit.engine.metrics` - ``pick_metrics``, ``metric_comparator``;
 * :mod:`cxrkit.data.inputs` - ``list_images``, ``IMAGE_SUFFIXES``;
-* :mod:`cxrkit.runfolder` - ``model_file``, ``class_names``.
+* :mod:`cxrkit.runfolder` - ``model_file``, ``class_names``;
+* :mod:`cxrkit.engine.settings` - ``check_settings``.
 
 Nothing else lives here: new code imports from the owning module.
 """
@@ -21,6 +22,7 @@ from cxrkit.data.inputs import IMAGE_SUFFIXES, list_images
 from cxrkit.engine.hardware import amp_enabled, amp_kwargs, configure_threads, place_network, select_device
 from cxrkit.engine.loaders import make_dataset, make_loader, prepare_batch
 from cxrkit.engine.metrics import metric_comparator, pick_metrics
+from cxrkit.engine.settings import check_settings
 from cxrkit.options import flag, optional
 from cxrkit.runfolder import class_names, model_file
 
@@ -36,6 +38,7 @@ __all__ = [
     "list_images",
     "model_file",
     "class_names",
+    "check_settings",
     "prepare_batch",
     "amp_enabled",
     "amp_kwargs",
