@@ -18,6 +18,9 @@ from cxrkit.engine.settings import SETTINGS, SettingsError, check_overrides, che
 from support.paths import REPO
 
 BUNDLE = REPO / "bundles" / "random"
+#: the base config the thin bundle's train.yaml is merged onto (MONAI takes both files as a list).
+BASE = REPO / "bundles" / "_base" / "configs" / "train.yaml"
+CONFIG_FILES = f"['{BASE}','{BUNDLE / 'configs' / 'train.yaml'}']"
 
 
 @pytest.fixture
@@ -65,7 +68,7 @@ def test_every_bad_value_names_its_option_at_once_and_nothing_is_written(small_d
     assert rc != 0 and "SettingsError: bad option values:" in error
     for expected in ("--epochs must be >= 1, got -1", "--image_size must be a whole number, got 'abc'",
                      "--lr must be > 0", "--loss must be one of ce, focal, got 'focl' (did you mean focal?)",
-                     "--val_fraction must be between 0 and 1 (both excluded), got 1",
+                     "--val_fraction must be between 0.01 and 0.95, got 1",
                      "unknown --device 'gpu'", "--amp must be true or false, got 'maybe'",
                      "--head must be one of study, linear, sun2024, got 'studdy' (did you mean study?)"):
         assert expected in error
@@ -81,7 +84,7 @@ def test_evaluate_and_inference_check_their_options(tiny_run, tmp_path, capsys):
     assert main(["run", "inference", str(tiny_run), "--device", "cpu"]) != 0
     assert "no input given: pass --input FILE_OR_DIR" in capsys.readouterr().err
     assert main(["run", "evaluate", str(tiny_run), "--dataset_dir", str(tmp_path), "--subset", "vall"]) != 0
-    assert "--subset must be one of all, val, train, got 'vall' (did you mean val" in capsys.readouterr().err
+    assert "--subset must be one of all, val, train, test, got 'vall' (did you mean val" in capsys.readouterr().err
     assert main(["run", "evaluate", str(tiny_run), "--dataset_dir", str(tmp_path), "--bacth_size", "2"]) != 0
     assert "--bacth_size (did you mean --batch_size" in capsys.readouterr().err
     assert not (tiny_run / "evaluation" / "missing").exists()
@@ -122,7 +125,7 @@ def test_valid_values_pass_and_folds_bound_fold():
 def test_nested_overrides_of_existing_ids_and_component_arguments_stay_allowed():
     from monai.bundle import ConfigParser
 
-    config = ConfigParser.load_config_file(str(BUNDLE / "configs" / "train.yaml"))
+    config = ConfigParser.load_config_files([str(BASE), str(BUNDLE / "configs" / "train.yaml")])
     check_overrides(config, ["epochs", "train#trainer#max_epochs", "train::handlers::1::seed",
                              "train#trainer#epoch_length", "train#dataloader#_disabled_", "_meta_#version"])
     with pytest.raises(SettingsError, match=r"--train#handlers#99 \(did you mean"):
@@ -136,7 +139,9 @@ def test_nested_overrides_of_existing_ids_and_component_arguments_stay_allowed()
 def test_every_config_checks_all_its_settings_first(kind, workflow):
     """Each config's `settings` lists exactly its top-level settings, every plain top-level value is a known
     setting (a new one cannot skip the check), and `initialize` checks them before anything else."""
-    config = yaml.safe_load((BUNDLE / "configs" / f"{kind}.yaml").read_text())
+    from cxrkit.bundle.render import BundleParams, render_config
+
+    config = yaml.safe_load(render_config(kind, BundleParams("random")))
     plain = {k for k, v in config.items() if k not in ("settings", "imports", "run")
              and not (isinstance(v, str) and v.startswith(("$", "@"))) and not isinstance(v, dict)
              and not (isinstance(v, list) and k != "betas")}
@@ -149,15 +154,15 @@ def test_every_config_checks_all_its_settings_first(kind, workflow):
 def test_monai_runner_command_line_is_checked_too(small_data, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(BUNDLE / "configs" / "train.yaml"),
-         "--bundle_root", str(BUNDLE), "--dataset", "csv", "--dataset_dir", str(small_data), "--output_dir", str(out),
+        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", CONFIG_FILES,
+         "--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--bundle_root", str(BUNDLE), "--dataset", "csv", "--dataset_dir", str(small_data), "--output_dir", str(out),
          "--max-itemz", "4", "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode != 0 and "--max_itemz (did you mean --max_items?)" in proc.stderr
     assert not out.exists()
 
 
 def test_runner_arguments_reads_only_monais_runner():
-    config_file = str(BUNDLE / "configs" / "train.yaml")
+    config_file = CONFIG_FILES
     argv = ["/x/monai/bundle/__main__.py", "run", "training", "--config_file", config_file, "--meta_file", "m.json",
             "--epochs", "2", "--train::trainer::max_epochs", "2", "--logging_file", "l.conf", "--image-size", "3"]
     config, overrides = runner_arguments(argv)

@@ -55,11 +55,23 @@ def _real(minimum: float | None = None, maximum: float | None = None, positive: 
     return read
 
 
-def _fraction(value: Any, name: str) -> float:
-    real = options.number(value, name, 0.0, 1.0)
-    if not 0.0 < real < 1.0:
-        raise ValueError(f"--{name} must be between 0 and 1 (both excluded), got {value!r}")
-    return real
+def _share(minimum: float) -> Reader:
+    """A share of the images between ``minimum`` and 0.95; nothing: the default (what data preparation reads)."""
+
+    def read(value: Any, name: str) -> float | None:
+        if options.optional(value) is None:
+            return None
+        if isinstance(value, bool):
+            raise ValueError(f"--{name} must be a number, got {value!r}")
+        return options.number(value, name, minimum, 0.95)
+
+    return read
+
+
+def _class_map(value: Any, name: str) -> dict[str, str]:
+    from cxrkit.engine.prepare import parse_class_map
+
+    return parse_class_map(value)
 
 
 def _flag(value: Any, name: str) -> bool:
@@ -188,7 +200,9 @@ SETTINGS: dict[str, Reader] = {
     "dataset": _registered("datasets"),
     "task": _text(),
     "max_items": _whole(minimum=2, allow_none=True),
-    "val_fraction": _fraction,
+    "val_fraction": _share(0.01),
+    "test_fraction": _share(0.0),
+    "near_duplicates": _flag,
     "split_manifest": _text(),
     "folds": _whole(minimum=2, allow_none=True),
     "fold": _whole(minimum=0),
@@ -220,8 +234,10 @@ SETTINGS: dict[str, Reader] = {
     "val_interval": _whole(minimum=1),
     "tensorboard_images": _whole(minimum=0),
     "record_sample_ids": _flag,
+    "calibrate": _flag,
     # evaluate / inference
-    "subset": _choice(lambda: ("all", "val", "train")),
+    "subset": _choice(lambda: ("all", "val", "train", "test")),
+    "class_map": _class_map,
     "in_channels": _whole(minimum=1),
     "optimize_inference": _flag,
     "input": _path("any"),
