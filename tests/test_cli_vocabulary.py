@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cxrkit.bench.__main__ import build_parser as bench_parser
+from cxrkit.bench.label_load import build_parser as label_load_parser
 from cxrkit.cli import build_parser, main
 from cxrkit.experiment.benchmark import build_parser as probe_benchmark_parser
 
@@ -37,7 +38,8 @@ def walk(parser: argparse.ArgumentParser, path: str):
 
 def all_actions() -> list[tuple[str, argparse.Action]]:
     return [*walk(build_parser(), "cxrkit"), *walk(bench_parser(), "python -m cxrkit.bench"),
-            *walk(probe_benchmark_parser(), "python -m cxrkit.experiment.benchmark")]
+            *walk(probe_benchmark_parser(), "python -m cxrkit.experiment.benchmark"),
+            *walk(label_load_parser(), "python -m cxrkit.bench.label_load")]
 
 
 def signature(action: argparse.Action) -> tuple:

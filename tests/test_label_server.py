@@ -12,7 +12,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,17 +27,12 @@ import pytest
 pytest.importorskip("monailabel", reason="MONAI Label is not installed: pip install -e \".[label]\"")
 
 from cxrkit.cli import main  # noqa: E402
+from cxrkit.label.server import free_port  # noqa: E402
 from support.paths import shared_data
 
 STARTUP_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 30.0
 TOKEN = "label-test-token"  # the server is started with --token: every request below carries it
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _request(url: str, data: bytes | None = None, headers: dict | None = None,
@@ -85,7 +79,7 @@ def studies(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(tiny_run, studies, tmp_path_factory):  # noqa: F811 - the imported fixture
     """``cxrkit label serve`` on a free loopback port; yields the base URL; killed in any case."""
-    port = _free_port()
+    port = free_port()
     work = tmp_path_factory.mktemp("label_app")
     log = (work / "server.log").open("wb")
     cmd = [sys.executable, "-m", "cxrkit", "label", "serve", str(tiny_run), "--studies", str(studies),

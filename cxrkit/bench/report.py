@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-__all__ = ["Target", "TARGETS", "check_targets", "markdown", "write_report"]
+__all__ = ["Target", "TARGETS", "check_targets", "markdown", "write_report", "fmt"]
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,15 @@ TARGETS: tuple[Target, ...] = (
 )
 
 
-def check_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every target with its measured value and ``PASS``, ``FAIL`` or ``n/a`` (not applicable or not measured)."""
+def check_targets(results: Mapping[str, Any], targets: tuple[Target, ...] = TARGETS) -> list[dict[str, Any]]:
+    """Every target with its measured value and ``PASS``, ``FAIL`` or ``n/a`` (not applicable or not measured).
+
+    Args:
+        results: the measurements.
+        targets: the targets (default: the speed benchmark's, :data:`TARGETS`).
+    """
     rows = []
-    for target in TARGETS:
+    for target in targets:
         value = target.value(results)
         if value is None or not target.applies(results):
             status = "n/a"
@@ -64,7 +69,8 @@ def check_targets(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(value: Any, digits: int = 2) -> str:
+def fmt(value: Any, digits: int = 2) -> str:
+    """A measured value for a table: ``-`` for none, floats with ``digits`` decimals."""
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -90,13 +96,13 @@ def markdown(results: Mapping[str, Any]) -> str:
     ]
     for name in ("trainer", "plain"):
         t = results["training"][name]
-        lines.append(f"| {name} | {_fmt(t['images_per_s'])} | {_fmt(t['median_step_s'], 3)} | "
-                     f"{_fmt(100 * t['data_wait_share'], 1)} % |")
+        lines.append(f"| {name} | {fmt(t['images_per_s'])} | {fmt(t['median_step_s'], 3)} | "
+                     f"{fmt(100 * t['data_wait_share'], 1)} % |")
     lines += ["", f"trainer/plain ratio: {results['training']['trainer_over_plain']:.2f}", ""]
     if results.get("data_wait"):
         lines += ["## Waiting for data (plain loop)", "", "| loader | images/s | data wait |", "|---|---|---|"]
         for name, t in results["data_wait"].items():
-            lines.append(f"| {name} | {_fmt(t['images_per_s'])} | {_fmt(100 * t['data_wait_share'], 1)} % |")
+            lines.append(f"| {name} | {fmt(t['images_per_s'])} | {fmt(100 * t['data_wait_share'], 1)} % |")
         lines.append("")
     if results.get("inference"):
         inf = results["inference"]
@@ -104,18 +110,18 @@ def markdown(results: Mapping[str, Any]) -> str:
         lines += [f"## Inference ({s['inference_size']} px, images/s)", "",
                   "| model | " + " | ".join(sizes) + " |", "|---|" + "---|" * len(sizes)]
         for name, row in inf.items():
-            lines.append(f"| {name} | " + " | ".join(_fmt(row[k]) for k in sizes) + " |")
+            lines.append(f"| {name} | " + " | ".join(fmt(row[k]) for k in sizes) + " |")
         lines.append("")
     if results.get("linear_probe"):
         lp = results["linear_probe"]
         lines += ["## Linear probe vs fine-tuning (one epoch)", "",
                   "| train images | feature extraction (s, once) | probe epoch (s) | fine-tuning epoch (s) | ratio |",
                   "|---|---|---|---|---|",
-                  f"| {lp['train_images']} | {_fmt(lp['feature_extraction_s'])} | {_fmt(lp['probe_epoch_s'], 4)} | "
-                  f"{_fmt(lp['finetune_epoch_s'])} | {_fmt(lp['finetune_over_probe'], 1)}x |", ""]
+                  f"| {lp['train_images']} | {fmt(lp['feature_extraction_s'])} | {fmt(lp['probe_epoch_s'], 4)} | "
+                  f"{fmt(lp['finetune_epoch_s'])} | {fmt(lp['finetune_over_probe'], 1)}x |", ""]
     lines += ["## Targets", "", "| target | value | status |", "|---|---|---|"]
     for row in results["targets"]:
-        lines.append(f"| {row['description']} | {_fmt(row['value'], 3)} | {row['status']} |")
+        lines.append(f"| {row['description']} | {fmt(row['value'], 3)} | {row['status']} |")
     return "\n".join(lines) + "\n"
 
 

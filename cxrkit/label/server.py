@@ -25,8 +25,12 @@ import json
 import logging
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -35,6 +39,7 @@ from cxrkit.serve.guard import allowed_host_names, is_loopback
 
 __all__ = [
     "ALLOWED_HOSTS_ENV",
+    "BackgroundServer",
     "ASGI_APP",
     "DATASTORE_EXTENSIONS",
     "ExposureError",
@@ -44,6 +49,7 @@ __all__ = [
     "check_exposure",
     "default_app_dir",
     "exposure",
+    "free_port",
     "monailabel_available",
     "prepare_app",
     "serve",
@@ -275,3 +281,86 @@ def serve(
         except subprocess.TimeoutExpired:
             process.kill()
             return process.wait()
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class BackgroundServer:
+    """``monailabel start_server`` with cxrkit's app in the background on a loopback port (benchmarks, tests).
+
+    Args:
+        bundles: run folders to serve.
+        studies: a folder of radiographs.
+        workdir: where the app's working copy and the server's log go.
+        python: the interpreter with monailabel (default: this one).
+        env: extra environment variables for the server.
+
+    Attributes:
+        url: ``http://127.0.0.1:PORT``.
+        log: the server's output.
+        process: the server process (its own process group).
+    """
+
+    def __init__(self, bundles: Sequence[str | os.PathLike], studies: str | os.PathLike, workdir: str | os.PathLike,
+                 python: str | None = None, env: Mapping[str, str] | None = None) -> None:
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = prepare_app(workdir / "app")
+        python = python or sys.executable
+        self.cmd = server_command(list(bundles), studies, app, host="127.0.0.1", port=self.port, python=python)
+        self.env = server_env(app)
+        self.env.update(env or {})
+        self.env["PATH"] = f"{Path(python).parent}{os.pathsep}{self.env.get('PATH', '')}"
+        self.log = workdir / f"monailabel-{self.port}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 180.0) -> "BackgroundServer":
+        """Start the server and wait until ``/info/`` answers.
+
+        Raises:
+            LabelServerError: the server exited or did not answer in ``timeout`` seconds (the log's end attached).
+        """
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise LabelServerError(f"MONAI Label exited ({self.process.returncode}):\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/info/", timeout=2) as answer:
+                    json.load(answer)
+                return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise LabelServerError(f"MONAI Label did not answer in {timeout:.0f} s:\n{self.tail()}")
+
+    def tail(self, chars: int = 3000) -> str:
+        """The end of the server's log."""
+        return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else ""
+
+    def stop(self) -> None:
+        """End the server's process group (SIGTERM, then SIGKILL after 15 s)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        group = os.getpgid(self.process.pid)
+        os.killpg(group, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(group, signal.SIGKILL)
+            self.process.wait(timeout=15)
+
+    def __enter__(self) -> "BackgroundServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -122,6 +122,8 @@ class Predictor:
         self.model = model
         self._explainer: Any = None
         self._lock = threading.Lock()  # Grad-CAM keeps activations on the explainer: one map at a time
+        self._queue: Any = None
+        self._queue_lock = threading.Lock()
 
     @classmethod
     def load(cls, source: str | os.PathLike, device: str = "auto", trust: bool = False) -> "Predictor":
@@ -160,6 +162,36 @@ class Predictor:
         """``(B, num_classes)`` probabilities of preprocessed ``(B, C, H, W)`` images (CPU, rows sum to 1)."""
         images = images.as_tensor() if hasattr(images, "as_tensor") else images
         return self.model.probabilities(images)
+
+    def batch_queue(self, settings: Any = None) -> Any:
+        """The model's one inference worker (started on first use), for servers answering concurrent requests.
+
+        Each request thread calls ``predictor.batch_queue().submit(image)`` with one preprocessed
+        ``(C, H, W)`` image and gets its probabilities; the worker runs the waiting images as one batch
+        (:class:`cxrkit.serve.batching.BatchQueue`).
+
+        Args:
+            settings: a :class:`~cxrkit.serve.batching.QueueSettings` for the first call (default: from
+                ``$CXRKIT_INFER_*``).
+        """
+        from cxrkit.serve.batching import BatchQueue
+
+        with self._queue_lock:
+            if self._queue is None:
+                self._queue = BatchQueue(self.probabilities, settings, name=Path(str(self.model.model_file)).name)
+            return self._queue
+
+    @property
+    def queue(self) -> Any:
+        """The inference worker's :class:`~cxrkit.serve.batching.BatchQueue` once started, else ``None``."""
+        return self._queue
+
+    def close(self) -> None:
+        """Stop the inference worker, if one was started (a server replacing this predictor calls it)."""
+        with self._queue_lock:
+            if self._queue is not None:
+                self._queue.close()
+                self._queue = None
 
     def grad_cam(self, image: torch.Tensor, class_index: int, shape: Sequence[int]) -> np.ndarray:
         """The Grad-CAM map of one preprocessed ``(C, H, W)`` image for ``class_index``, on the original image.

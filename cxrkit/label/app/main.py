@@ -31,6 +31,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 
 import cxrkit
+from cxrkit.serve.batching import QueueFullError
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ class CXRKitApp(MONAILabelApp):
         """Run one classification; unknown models or images and unreadable files are 4xx answers.
 
         Raises:
-            fastapi.HTTPException: 404 for an unknown model or image id, 422 for an unreadable image.
+            fastapi.HTTPException: 404 for an unknown model or image id, 422 for an unreadable image, 503 (with
+                ``Retry-After``) when the model's inference queue is full.
         """
         model = request.get("model")
         if model not in self._infers:
@@ -115,3 +117,6 @@ class CXRKitApp(MONAILabelApp):
             return super().infer(request, datastore)
         except ImageInputError as exc:
             raise HTTPException(status_code=422, detail=exc.msg) from None
+        except QueueFullError as exc:  # the model's inference queue is full: come back later
+            raise HTTPException(status_code=503, detail=str(exc),
+                                headers={"Retry-After": str(exc.retry_after)}) from None

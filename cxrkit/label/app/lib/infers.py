@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Hashable, Mapping, Sequence, Tuple
 
@@ -119,6 +120,8 @@ class CXRClassificationInfer(BundleInferTask):
         if not self.valid:
             return
         self._predictors: dict[str, tuple[Predictor, float]] = {}
+        self._predictors_lock = threading.Lock()
+        self._pre_lock = threading.Lock()
         meta_file = RunPaths.of(path).metadata
         # the names become review labels in the datastore: refuse a run folder holding names cxrkit never writes
         self.classes = check_class_names(class_names(json.loads(meta_file.read_text()), meta_file),
@@ -132,8 +135,18 @@ class CXRClassificationInfer(BundleInferTask):
         d = super().info()
         d["cxrkit"] = {"classes": list(self.classes), "bundle": os.path.basename(self.bundle_path),
                        "cam": "pass {\"cam\": true} in the request params for a Grad-CAM label image",
-                       "calibration": self._calibration()}
+                       "calibration": self._calibration(), "queue": self._queue_stats()}
         return d
+
+    def _queue_stats(self) -> Dict[str, Any]:
+        """Per device: forward passes run, requests answered and waiting in the model's inference queue."""
+        stats = {}
+        for device, (predictor, _) in list(getattr(self, "_predictors", {}).items()):
+            queue = predictor.queue
+            if queue is not None:
+                stats[device] = {"batches": queue.batches, "answered": queue.answered, "waiting": queue.waiting,
+                                 "max_batch": queue.settings.max_batch, "max_queue": queue.settings.max_queue}
+        return stats
 
     def _calibration(self) -> Dict[str, Any]:
         """Whether the scores are calibrated: the temperature the bundle's postprocessing applies."""
@@ -155,17 +168,21 @@ class CXRClassificationInfer(BundleInferTask):
         """The predictor on ``device``, reloaded when ``models/model.pt`` changes on disk."""
         model_file = self.get_path()
         stamp = os.stat(model_file).st_mtime if model_file else 0.0
-        cached = self._predictors.get(device)
-        if cached is None or cached[1] != stamp:
-            cached = self._predictors[device] = (Predictor.load(self.bundle_path, device=device), stamp)
-        return cached[0]
+        with self._predictors_lock:  # request threads arrive together: load once
+            cached = self._predictors.get(device)
+            if cached is None or cached[1] != stamp:
+                if cached is not None:
+                    cached[0].close()  # its inference worker answers what it holds, then stops
+                cached = self._predictors[device] = (Predictor.load(self.bundle_path, device=device), stamp)
+            return cached[0]
 
     def _get_network(self, device: str, data: Any) -> torch.nn.Module:
         return self._predictor(device).model.network
 
     # -- pre-processing: the bundle's, with clear errors ---------------------------------------------
     def pre_transforms(self, data: Any = None) -> Sequence[Callable]:
-        pre = list(super().pre_transforms(data))
+        with self._pre_lock:  # MONAI Label builds them from the config parser, which is not thread-safe
+            pre = list(super().pre_transforms(data))
         out: list[Callable] = [ResolveImaged(keys=("image",))]
         for t in pre:
             out.append(t)
@@ -195,8 +212,10 @@ class CXRClassificationInfer(BundleInferTask):
         predictor = self._predictor(device)
         image = data[self.input_key]
         image = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
-        probs = predictor.probabilities(image[None] if convert_to_batch else image)
-        data[self.output_label_key] = probs[0] if convert_to_batch else probs
+        if convert_to_batch:  # one image: batched with the other requests by the model's one inference worker
+            data[self.output_label_key] = predictor.batch_queue().submit(image.float())
+        else:
+            data[self.output_label_key] = predictor.probabilities(image)
         if cam:
             cls = int(torch.as_tensor(data[self.output_label_key]).argmax())
             shape = data.get(SHAPE_KEY) or list(image.shape[-2:])
