@@ -302,6 +302,7 @@ class BackgroundServer:
 
     Attributes:
         url: ``http://127.0.0.1:PORT``.
+        python: the server's interpreter.
         log: the server's output.
         process: the server process (its own process group).
     """
@@ -318,6 +319,7 @@ class BackgroundServer:
         self.env = server_env(app)
         self.env.update(env or {})
         self.env["PATH"] = f"{Path(python).parent}{os.pathsep}{self.env.get('PATH', '')}"
+        self.python = python
         self.log = workdir / f"monailabel-{self.port}.log"
         self.process: subprocess.Popen | None = None
 
