@@ -19,13 +19,17 @@
    and ``std`` (on ``[0, 1]`` data), or ``ScaleIntensityRanged`` from ``[0, 1]``
    to the source's ``intensity_range`` (e.g. ``(-1024, 1024)``).
 
-Steps 1-2 are deterministic and come before any random transform, so MONAI's
-``CacheDataset`` / ``PersistentDataset`` cache the decoded, resized images and
-redo only the cheap steps per epoch.
+Steps 1-2 are deterministic and come before any random transform. The
+returned :class:`CXRCompose` knows where they end and what steps 3-5 do
+(:meth:`CXRCompose.decode_part`, :attr:`CXRCompose.batch_spec`): training and
+validation run steps 1-2 per image (in loader workers, or once into the image
+cache of :mod:`cxrkit.data.imagecache`) and steps 3-5 per batch on the
+device (:class:`cxrkit.data.batchtransforms.BatchTransform`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import warnings
@@ -48,6 +52,7 @@ from monai.transforms import (
     ToTensord,
 )
 
+from cxrkit.data.batchtransforms import BatchSpec
 from cxrkit.data.errors import find_bad_image_error
 from cxrkit.data.readers import CXRImageReader
 
@@ -73,7 +78,24 @@ class CXRCompose(Compose):
     transform ...")``; when the cause is a
     :class:`~cxrkit.data.errors.BadImageError` that error (naming the file and
     the problem) is raised instead.
+
+    Args:
+        transforms: the steps.
+        batch_spec: what the steps after the first ``decode_steps`` do (set by :func:`build_transforms`).
+        decode_steps: how many leading steps load and resize the image (deterministic).
     """
+
+    def __init__(self, transforms: Any = None, batch_spec: BatchSpec | None = None, decode_steps: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(transforms, **kwargs)
+        self.batch_spec = batch_spec
+        self.decode_steps = decode_steps
+
+    def decode_part(self) -> "CXRCompose | None":
+        """The leading load-and-resize steps (``None`` when this chain was not made by :func:`build_transforms`)."""
+        if self.batch_spec is None or self.decode_steps is None:
+            return None
+        return CXRCompose(list(self.transforms[: self.decode_steps]))
 
     def __call__(self, input_, start=0, end=None, threading=False, lazy: bool | None = None):
         try:
@@ -177,6 +199,7 @@ def build_transforms(
             CenterSpatialCropd(keys="image", roi_size=size),
         ]
     steps.append(NoneToEmptyd())
+    decode_steps = len(steps)
     if train and augment:
         angle = math.radians(MAX_ROTATION_DEGREES)
         steps += [
@@ -192,11 +215,14 @@ def build_transforms(
         if np.any(std <= 0):
             raise ValueError(f"the weight source's std must be positive, got {tuple(std)}")
         steps.append(NormalizeIntensityd(keys="image", subtrahend=mean, divisor=std, channel_wise=True))
+        batch = BatchSpec(channels, tuple(float(v) for v in mean), tuple(float(v) for v in std), None)
     else:
         lo, hi = (float(v) for v in intensity_range)
         if not hi > lo:
             raise ValueError(f"intensity_range must be (low, high) with low < high, got {intensity_range}")
         steps.append(ScaleIntensityRanged(keys="image", a_min=0.0, a_max=1.0, b_min=lo, b_max=hi, clip=True))
+        batch = BatchSpec(channels, None, None, (lo, hi))
     steps.append(ToTensord(keys="image", dtype=torch.float32))
     steps.append(ToTensord(keys="label", dtype=torch.int64, track_meta=False, allow_missing_keys=True))
-    return CXRCompose(steps)
+    batch = dataclasses.replace(batch, augment=bool(train and augment), max_rotation_degrees=MAX_ROTATION_DEGREES)
+    return CXRCompose(steps, batch_spec=batch, decode_steps=decode_steps)

@@ -32,7 +32,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sized
+from typing import Any, Mapping, Sized
 
 import torch
 from ignite.engine import Engine, Events
@@ -187,8 +187,8 @@ class ShardedEpochSampler(EpochSeededSampler):
     """
 
     def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True, rank: int | None = None,
-                 num_replicas: int | None = None, pad: bool = True) -> None:
-        super().__init__(data_source, seed=seed, shuffle=shuffle)
+                 num_replicas: int | None = None, pad: bool = True, with_epoch: bool = False) -> None:
+        super().__init__(data_source, seed=seed, shuffle=shuffle, with_epoch=with_epoch)
         self.num_replicas = int(num_replicas if num_replicas is not None else world_size())
         self.rank = int(rank if rank is not None else _current_rank())
         if self.num_replicas < 1 or not 0 <= self.rank < self.num_replicas:
@@ -206,12 +206,13 @@ class ShardedEpochSampler(EpochSeededSampler):
             return math.ceil(n / self.num_replicas)
         return len(range(self.rank, n, self.num_replicas))
 
-    def __iter__(self) -> Iterator[int]:
-        order = list(super().__iter__())
+    def order(self) -> list[int]:
+        """This rank's indices of this epoch."""
+        order = super().order()
         if self.pad and len(order) % self.num_replicas:
             extra = self.num_replicas - len(order) % self.num_replicas
             order += (order * math.ceil(extra / len(order)))[:extra]
-        return iter(order[self.rank::self.num_replicas])
+        return order[self.rank::self.num_replicas]
 
 
 def run_paths(output_dir: Any = None, plugin: str = "run", resume: Any = False) -> RunPaths:

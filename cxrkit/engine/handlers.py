@@ -51,6 +51,8 @@ class BestModelCheckpoint(Checkpoint):
         network: the model.
         metric: the evaluator metric deciding "best" (``val_accuracy``, ``val_auc``, ``val_loss``...).
         filename: file name of the best model.
+        writer: a :class:`~cxrkit.engine.background.BackgroundWriter` to write the file on while training
+            goes on (the run checkpoint's last save waits for it); ``None`` writes before returning.
 
     Attributes:
         best_epoch: epoch of the saved model (``None`` before the first save).
@@ -58,13 +60,13 @@ class BestModelCheckpoint(Checkpoint):
     """
 
     def __init__(self, save_dir: str | Path, network: torch.nn.Module, metric: str = "val_accuracy",
-                 filename: str = "model.pt") -> None:
+                 filename: str = "model.pt", writer: Any = None) -> None:
         if not isinstance(network, torch.nn.Module):
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
         self.metric = str(metric)
         super().__init__(
             {"model": network},
-            AtomicDiskSaver(save_dir, keep=(filename,)),
+            AtomicDiskSaver(save_dir, keep=(filename,), writer=writer),
             filename_pattern=filename,
             score_function=self._score,
             score_name=self.metric,

@@ -4,16 +4,23 @@ A run stopped at any point continues from ``models/checkpoint_last.pt`` and
 ends exactly where an uninterrupted run with the same seed ends:
 
 * the data order of epoch ``e`` comes from a generator seeded with
-  ``(seed, e)`` (:class:`EpochSeededSampler`), and so do the seeds of the data
-  workers and of random transforms (:class:`EpochSeeding`), so nothing about an
-  epoch's data depends on earlier epochs;
+  ``(seed, e)`` (:class:`EpochSeededSampler`), which hands the loader
+  ``(index, epoch)`` pairs: each item's random transforms are seeded from
+  ``(seed, epoch, index)`` where the item is made (:class:`cxrkit.engine.loaders.EpochItems`,
+  :class:`cxrkit.data.imagecache.CachedImages`), in the main process or in a loader
+  worker kept alive across epochs, so nothing about an epoch's data depends on
+  earlier epochs or on which process made it;
 * everything else random (dropout) draws from the global RNGs, whose state is
   saved with the model, optimiser, trainer counters, metric history, best-model
   tracking and early-stopping counters (:class:`RNGState`, :class:`RunCheckpoint`);
-* the checkpoint is written at the end of every epoch, after validation,
-  atomically (temporary file + ``os.replace``): an exception never leaves a
-  half-written file, and the previous epoch's checkpoint stays until the new
-  one is complete. A process killed outright (SIGKILL, power loss) while
+* the checkpoint is written at the end of every ``checkpoint_interval``-th
+  epoch (and of the last one, and when early stopping ends the run), after
+  validation, atomically (temporary file + ``os.replace``): an exception never
+  leaves a half-written file, and the previous checkpoint stays until the new
+  one is complete. With a :class:`cxrkit.engine.background.BackgroundWriter`
+  the state is copied at the epoch's end and written while the next epoch
+  trains; the next save, and the run's last, wait for it, and a failed write
+  is raised there. A process killed outright (SIGKILL, power loss) while
   writing leaves its temporary file behind; the next start or resume of the
   run folder removes such files (:func:`remove_stale_temporaries`).
 """
@@ -32,6 +39,8 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from torch.utils.data import Sampler
+
+from cxrkit import options
 
 __all__ = [
     "RNGState",
@@ -77,9 +86,11 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
-def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
-    """A 63-bit seed derived from the run seed, the epoch and a stream number (order, workers...)."""
-    return int(np.random.SeedSequence([int(seed), int(epoch), int(stream)]).generate_state(2, np.uint64)[0]) >> 1
+def epoch_seed(seed: int, epoch: int, stream: int = 0, *more: int) -> int:
+    """A 63-bit seed derived from the run seed, the epoch, a stream number (order, workers...) and more numbers
+    (e.g. an item's index)."""
+    entropy = [int(seed), int(epoch), int(stream), *(int(m) for m in more)]
+    return int(np.random.SeedSequence(entropy).generate_state(2, np.uint64)[0]) >> 1
 
 
 class RNGState:
@@ -114,23 +125,29 @@ class RNGState:
         )
         py = state["python"]
         random.setstate((py[0], tuple(py[1]), py[2]))
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        # the CUDA generators of a GPU run; a CPU-only machine (or one with fewer GPUs) resumes without them
+        cuda_states = list(state.get("cuda") or ()) if torch.cuda.is_available() else []
+        for index, cuda_state in enumerate(cuda_states[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(torch.as_tensor(cuda_state).cpu(), index)
 
 
-class EpochSeededSampler(Sampler[int]):
+class EpochSeededSampler(Sampler):
     """Random (or sequential) order whose permutation depends only on ``(seed, epoch)``.
 
     Args:
         data_source: the dataset (only its length is used).
         seed: the run seed.
         shuffle: ``False`` gives ``0..n-1`` every epoch (validation).
+        with_epoch: yield ``(index, epoch)`` pairs instead of indices, so that whoever makes the item
+            (a loader worker that lives across epochs included) knows the epoch and can seed the item's
+            random transforms from ``(seed, epoch, index)`` (:class:`cxrkit.engine.loaders.EpochItems`).
     """
 
-    def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True, with_epoch: bool = False) -> None:
         self.data_source = data_source
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
+        self.with_epoch = bool(with_epoch)
         self.epoch = 1
 
     def set_epoch(self, epoch: int) -> None:
@@ -140,13 +157,20 @@ class EpochSeededSampler(Sampler[int]):
     def __len__(self) -> int:
         return len(self.data_source)
 
-    def __iter__(self) -> Iterator[int]:
+    def order(self) -> list[int]:
+        """This epoch's indices."""
         n = len(self.data_source)
         if not self.shuffle:
-            return iter(range(n))
+            return list(range(n))
         generator = torch.Generator()
         generator.manual_seed(epoch_seed(self.seed, self.epoch, 0))
-        return iter(torch.randperm(n, generator=generator).tolist())
+        return torch.randperm(n, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[Any]:
+        order = self.order()
+        if self.with_epoch:
+            return iter([(index, self.epoch) for index in order])
+        return iter(order)
 
 
 class EpochSeeding:
@@ -208,25 +232,42 @@ def open_resume_checkpoint(path: Path) -> Mapping[str, Any]:
 
 
 class AtomicDiskSaver(DiskSaver):
-    """Ignite ``DiskSaver`` that writes atomically and never deletes a fixed-name file before replacing it.
+    """Ignite ``DiskSaver`` that writes atomically, optionally in the background, and never deletes a
+    fixed-name file before replacing it.
 
     Ignite removes the previous file of a :class:`~ignite.handlers.Checkpoint`
     before saving the next one; with a fixed file name (``model.pt``) that would
     leave a moment with no file at all. Here the new file is written to a
     temporary name and moved over the old one with ``os.replace``, and removing
-    a name in ``keep`` is a no-op. Saved files are made readable by the group,
-    like ``torch.save`` would.
+    a name in ``keep`` is a no-op. Saved files hold CPU tensors (a checkpoint
+    written on a GPU loads on a CPU-only machine) and are made readable by the
+    group, like ``torch.save`` would.
 
     Args:
         dirname: folder of the files (created if needed).
         keep: file names that are only ever replaced, never removed.
+        writer: write on this :class:`~cxrkit.engine.background.BackgroundWriter`'s thread: the state is
+            copied now (:func:`~cxrkit.engine.background.snapshot`) and written while training goes on;
+            ``None`` writes before returning.
     """
 
-    def __init__(self, dirname: str | os.PathLike[str], keep: tuple[str, ...] = ()) -> None:
+    def __init__(self, dirname: str | os.PathLike[str], keep: tuple[str, ...] = (), writer: Any = None) -> None:
         super().__init__(str(dirname), atomic=True, create_dir=True, require_empty=False)
         self.keep = tuple(keep)
+        if writer is not None and not callable(getattr(writer, "submit", None)):
+            raise TypeError(f"writer must be a BackgroundWriter, got {type(writer).__name__}")
+        self.writer = writer
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        from cxrkit.engine.background import snapshot, to_host
+
+        if self.writer is None:
+            self._write(to_host(checkpoint), filename, metadata)
+            return
+        copy, ready = snapshot(checkpoint)
+        self.writer.submit(lambda: self._write(to_host(copy, ready), filename, metadata), name=filename)
+
+    def _write(self, checkpoint: Mapping, filename: str, metadata: Mapping | None) -> None:
         super().__call__(checkpoint, filename, metadata)
         try:
             os.chmod(Path(self.dirname) / filename, 0o644)
@@ -240,10 +281,13 @@ class AtomicDiskSaver(DiskSaver):
 
 
 class RunCheckpoint:
-    """Ignite handler: save everything needed to resume at each epoch end; load it at start when resuming.
+    """Ignite handler: save everything needed to resume after validation; load it at start when resuming.
 
     Attach it LAST to the trainer, after validation and the metric recorder, so
-    the saved state includes this epoch's validation.
+    the saved state includes this epoch's validation. It saves every
+    ``interval``-th epoch, the last epoch, and the epoch at which early stopping
+    ends the run; with a ``writer`` the file is written in the background and the
+    run's last save waits until it is on disk.
 
     Args:
         save_dir: the run's ``models/`` folder.
@@ -252,9 +296,12 @@ class RunCheckpoint:
             The trainer is added as ``"trainer"`` when attached.
         resume: load ``save_dir/checkpoint_last.pt`` when the trainer starts.
         filename: checkpoint file name.
+        interval: save every this many epochs (``checkpoint_interval``; the last epoch always saves).
+        writer: a :class:`~cxrkit.engine.background.BackgroundWriter` (shared with the best-model
+            checkpoint, so the last save also waits for ``model.pt``), or ``None`` to write in place.
 
     Raises:
-        ValueError: an object cannot be checkpointed.
+        ValueError: an object cannot be checkpointed, or ``interval`` below 1.
         FileNotFoundError: ``resume`` is set but the checkpoint is missing (at start).
     """
 
@@ -264,6 +311,8 @@ class RunCheckpoint:
         objects: Mapping[str, Any],
         resume: bool = False,
         filename: str = LAST_CHECKPOINT,
+        interval: Any = 1,
+        writer: Any = None,
     ) -> None:
         self.save_dir = Path(save_dir)
         self.objects = {k: v for k, v in dict(objects).items() if v is not None}
@@ -274,6 +323,9 @@ class RunCheckpoint:
             raise ValueError("'trainer' is added by attach(); do not pass it in objects")
         self.resume = bool(resume)
         self.filename = filename
+        self.interval = int(options.integer(interval, "checkpoint_interval", minimum=1))
+        self.writer = writer
+        self.saved_epoch: int | None = None
         self._checkpoint: Checkpoint | None = None
 
     @property
@@ -284,14 +336,15 @@ class RunCheckpoint:
         to_save = dict(self.objects, trainer=engine)
         self._checkpoint = Checkpoint(
             to_save,
-            AtomicDiskSaver(self.save_dir, keep=(self.filename,)),
+            AtomicDiskSaver(self.save_dir, keep=(self.filename,), writer=self.writer),
             filename_pattern=self.filename,
             n_saved=1,
         )
         engine.add_event_handler(Events.STARTED, self.clean)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load, to_save)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, self.finish)
 
     def clean(self, engine: Engine) -> None:
         """Remove temporary files a killed run left in ``save_dir`` (rank 0: the one that writes there)."""
@@ -301,7 +354,7 @@ class RunCheckpoint:
             remove_stale_temporaries(self.save_dir)
 
     def load(self, engine: Engine, to_load: dict[str, Any]) -> None:
-        """Restore every object from the checkpoint (``weights_only=True``)."""
+        """Restore every object from the checkpoint (``weights_only=True``, tensors read onto the CPU first)."""
         if not self.path.is_file():
             raise FileNotFoundError(
                 f"cannot resume: {self.path} does not exist (the run ended before its first epoch finished); "
@@ -315,12 +368,41 @@ class RunCheckpoint:
         Checkpoint.load_objects(to_load=to_load, checkpoint=checkpoint)
         if max_epochs is not None:
             engine.state.max_epochs = max(int(max_epochs), int(engine.state.epoch))
+        self.saved_epoch = int(engine.state.epoch)
         logger.info("resumed from %s at epoch %d (of %s)", self.path, engine.state.epoch, engine.state.max_epochs)
 
+    def is_last(self, engine: Engine) -> bool:
+        """Whether the epoch that just ended is the run's last (its end, or early stopping)."""
+        return bool(engine.should_terminate) or int(engine.state.epoch) >= int(engine.state.max_epochs or 0)
+
+    def __call__(self, engine: Engine) -> None:
+        """At an epoch's end: save when the interval says so, or when the run ends here (and wait for it)."""
+        last = self.is_last(engine)
+        if last or int(engine.state.epoch) % self.interval == 0:
+            self.save(engine)
+        if last:
+            self.wait()
+
+    def finish(self, engine: Engine) -> None:
+        """At the run's end: save the final epoch if it was not saved yet, and wait until every file is written."""
+        if self.saved_epoch != int(engine.state.epoch):
+            self.save(engine)
+        self.wait()
+
+    def wait(self) -> None:
+        """Wait for the background writer (nothing without one).
+
+        Raises:
+            Exception: a background write failed.
+        """
+        if self.writer is not None:
+            self.writer.wait()
+
     def save(self, engine: Engine) -> None:
-        """Write ``checkpoint_last.pt`` atomically."""
+        """Write ``checkpoint_last.pt`` atomically (in the background with a writer)."""
         assert self._checkpoint is not None, "attach() first"
         # a fixed file name: make ignite treat every epoch as a new save
         self._checkpoint.reset()
         self._checkpoint(engine)
+        self.saved_epoch = int(engine.state.epoch)
         logger.debug("saved %s (epoch %d)", self.path, engine.state.epoch)

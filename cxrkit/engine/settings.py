@@ -43,6 +43,19 @@ def _whole(minimum: int | None = None, maximum: int | None = None, allow_none: b
     return lambda value, name: options.integer(value, name, minimum, maximum, allow_none)
 
 
+def _auto_whole(minimum: int) -> Reader:
+    """``auto`` (also for nothing), or a whole number >= ``minimum``."""
+
+    def read(value: Any, name: str) -> int | str:
+        if options.optional(value) is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return "auto"
+        if isinstance(value, bool):
+            raise ValueError(f"--{name} must be auto or a whole number, got {value!r}")
+        return options.integer(value, name, minimum)
+
+    return read
+
+
 def _real(minimum: float | None = None, maximum: float | None = None, positive: bool = False) -> Reader:
     def read(value: Any, name: str) -> float:
         if isinstance(value, bool):
@@ -187,7 +200,7 @@ SETTINGS: dict[str, Reader] = {
     "image_size": _whole(minimum=1),
     "head": _choice(_heads),
     "device": _device,
-    "num_workers": _whole(minimum=0),
+    "num_workers": _auto_whole(minimum=0),
     "num_threads": _whole(minimum=1, allow_none=True),
     "batch_size": _whole(minimum=1),
     "seed": _whole(minimum=0, maximum=2**32 - 1),
@@ -232,6 +245,9 @@ SETTINGS: dict[str, Reader] = {
     "positive_class": _positive_class,
     "early_stopping_patience": _whole(minimum=1, allow_none=True),
     "val_interval": _whole(minimum=1),
+    "val_batch_size": _auto_whole(minimum=1),
+    "checkpoint_interval": _whole(minimum=1),
+    "deterministic": _flag,
     "tensorboard_images": _whole(minimum=0),
     "record_sample_ids": _flag,
     "calibrate": _flag,
