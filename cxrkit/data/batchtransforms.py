@@ -4,9 +4,10 @@ Training and validation split :func:`cxrkit.data.transforms.build_transforms`
 in two (:meth:`cxrkit.data.transforms.CXRCompose.decode_part`):
 
 1. per image, on the CPU (in loader workers, or once into the image cache of
-   :mod:`cxrkit.data.imagecache`): load, resize (and centre-crop), then
-   :func:`to_uint8`: one grey channel of 8-bit values, 1/4 of a float32 image and
-   1/12 of the 3-channel float32 tensor the network reads;
+   :mod:`cxrkit.data.imagecache`): load, resize (and centre-crop), round to 8 bits
+   (:class:`~cxrkit.data.transforms.EightBitd`), then held as :func:`to_uint8`: one grey
+   channel of 8-bit values, 1/4 of a float32 image and 1/12 of the 3-channel
+   float32 tensor the network reads;
 2. per batch, here (:class:`BatchTransform`), on the device the batch goes to:
    back to ``[0, 1]`` floats, the random rotation (up to 10 degrees) and zoom
    (0.9-1.1) of ``augment`` as one ``affine_grid`` / ``grid_sample`` per batch (black
@@ -17,10 +18,11 @@ in two (:meth:`cxrkit.data.transforms.CXRCompose.decode_part`):
 The random draws of an item depend only on ``(seed, epoch, item position)``: a
 table of uniform numbers per epoch (a generator seeded from ``(seed, epoch)``)
 read by the items' positions, so the same item gets the same rotation and zoom
-whichever batch, process or resumed run asks for it. The only difference from
-``build_transforms``' own output is the 8-bit step (at most 1/510 on the
-``[0, 1]`` scale) and, with ``augment``, the interpolation of the random draws
-(bilinear here; the draws themselves have the same distribution).
+whichever batch, process or resumed run asks for it. Without ``augment`` the
+result is ``build_transforms``' own output (to float rounding): training,
+validation, ``cxrkit run evaluate`` and every prediction path see the same
+values. With ``augment`` the random draws differ from MONAI's per-item
+``RandRotated`` / ``RandZoomd`` (same distribution; bilinear interpolation).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ _ROTATE, _ANGLE, _ZOOM, _SCALE = range(4)  # columns of the per-epoch table of u
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:
-    """A ``[0, 1]`` float image as 8-bit values (``round(255 x)``, clipped)."""
+    """A ``[0, 1]`` float image as 8-bit values (``round(255 x)``, clipped; exact for ``k / 255`` levels)."""
     return (torch.as_tensor(image).float().clamp(0.0, 1.0) * 255.0).round_().to(torch.uint8)
 
 

@@ -8,7 +8,10 @@
    grey, ``[0, 1]``, channel first);
 2. ``Resized`` to ``(S, S)`` (area interpolation, as the study resized 299 -> 224),
    or to ``(resize, resize)`` then ``CenterSpatialCropd`` to ``(S, S)`` for
-   weight sources trained with "resize 256, crop 224";
+   weight sources trained with "resize 256, crop 224"; then :class:`EightBitd`:
+   the grey levels rounded to 8 bits (``k / 255``), as the datasets' PNG and JPEG
+   files store them (a 12-bit DICOM is read at 8-bit precision too), so that the
+   8-bit image cache of training and every prediction path see the same values;
 3. augmentation, only with ``train=True`` and ``augment=True``: a small random
    rotation (up to 10 degrees) and zoom (0.9-1.1), with black padding like the
    film's border. There is no left-right flip: chest X-rays are not mirror
@@ -56,7 +59,7 @@ from cxrkit.data.batchtransforms import BatchSpec
 from cxrkit.data.errors import find_bad_image_error
 from cxrkit.data.readers import CXRImageReader
 
-__all__ = ["build_transforms", "InputSpec", "CXRCompose", "NoneToEmptyd", "MAX_ROTATION_DEGREES"]
+__all__ = ["build_transforms", "InputSpec", "CXRCompose", "NoneToEmptyd", "EightBitd", "MAX_ROTATION_DEGREES"]
 
 #: largest random rotation used by ``augment=True``.
 MAX_ROTATION_DEGREES = 10.0
@@ -122,6 +125,25 @@ class NoneToEmptyd(MapTransform):
         for key in self.key_iterator(out):
             if out[key] is None:
                 out[key] = ""
+        return out
+
+
+class EightBitd(MapTransform):
+    """Round ``[0, 1]`` grey levels to the 8-bit grid ``k / 255`` (values outside ``[0, 1]`` are clipped).
+
+    Args:
+        keys: the image keys.
+    """
+
+    def __init__(self, keys: Sequence[Hashable] = ("image",)) -> None:
+        super().__init__(keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        out = dict(data)
+        for key in self.key_iterator(out):
+            image = out[key]
+            out[key] = image.clamp(0.0, 1.0).mul(255.0).round().div(255.0) if isinstance(image, torch.Tensor) \
+                else np.round(np.clip(image, 0.0, 1.0) * 255.0) / 255.0
         return out
 
 
@@ -198,7 +220,7 @@ def build_transforms(
             Resized(keys="image", spatial_size=(int(resize),) * 2, mode="area"),
             CenterSpatialCropd(keys="image", roi_size=size),
         ]
-    steps.append(NoneToEmptyd())
+    steps += [EightBitd(), NoneToEmptyd()]
     decode_steps = len(steps)
     if train and augment:
         angle = math.radians(MAX_ROTATION_DEGREES)

@@ -67,24 +67,23 @@ class PredictionsWriter:
 
     def _collect(self, engine: Engine) -> None:
         batch, output = engine.state.batch, engine.state.output
-        batch_items = batch if isinstance(batch, list) else [batch]
-        output_items = output if isinstance(output, list) else [output]
-        if not isinstance(batch, list):  # one batch dict: split it per item
-            n = len(output["pred"])
-            batch_items = [{k: v[i] for k, v in batch.items() if hasattr(v, "__getitem__")} for i in range(n)]
-            output_items = [{k: v[i] if v is not None else None for k, v in output.items()} for i in range(n)]
-        for b, o in zip(batch_items, output_items):
-            probs = torch.as_tensor(o["pred"]).detach().float().reshape(-1).cpu()
-            if self.softmax:
-                probs = torch.softmax(probs, dim=0)
-            index = int(torch.as_tensor(b["index"]).reshape(-1)[0])
-            label = b.get("label")
-            row: dict[str, Any] = {"image": self.images[index]}
-            row["label"] = int(torch.as_tensor(label).reshape(-1)[0]) if label is not None else ""
-            pred = int(torch.argmax(probs))
-            row["pred"] = pred
-            row["pred_class"] = self.classes[pred] if pred < len(self.classes) else str(pred)
-            row.update({f"prob_{k}": repr(float(p)) for k, p in enumerate(probs.tolist())})
+        if isinstance(batch, list):  # decollated: one dict per item
+            probs = torch.stack([torch.as_tensor(o["pred"]).detach().float().reshape(-1) for o in output])
+            index = [_first(b["index"]) for b in batch]
+            labels = [None if b.get("label") is None else _first(b["label"]) for b in batch]
+        else:  # one batch dict: the whole batch at once (one copy from the GPU)
+            probs = torch.as_tensor(output["pred"]).detach().float()
+            index = torch.as_tensor(batch["index"]).reshape(-1).tolist()
+            label = batch.get("label")
+            labels = [None] * len(index) if label is None else torch.as_tensor(label).reshape(-1).tolist()
+        probs = probs.cpu()
+        if self.softmax:
+            probs = torch.softmax(probs, dim=1)
+        for row_probs, position, label in zip(probs.tolist(), index, labels):
+            pred = max(range(len(row_probs)), key=row_probs.__getitem__)
+            row: dict[str, Any] = {"image": self.images[int(position)], "label": "" if label is None else int(label),
+                                   "pred": pred, "pred_class": self.classes[pred] if pred < len(self.classes) else str(pred)}
+            row.update({f"prob_{k}": repr(float(p)) for k, p in enumerate(row_probs)})
             self._rows.append(row)
 
     def __call__(self, engine: Engine) -> None:
@@ -126,6 +125,11 @@ class EvaluationWriter:
             **self.info,
         })
         logger.info("wrote evaluation metrics to %s", self.path)
+
+
+def _first(value: Any) -> int:
+    """The integer in a number or a one-element tensor."""
+    return int(torch.as_tensor(value).reshape(-1)[0])
 
 
 def relative_paths(paths: Iterable[str], root: str | os.PathLike[str] | None) -> list[str]:

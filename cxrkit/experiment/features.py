@@ -40,7 +40,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: bump when the stored layout or the way features are computed changes.
-FEATURE_FORMAT = "cxrkit-features/1"
+FEATURE_FORMAT = "cxrkit-features/2"  # 2: preprocessing rounds grey levels to 8 bits
 #: environment variable overriding the default cache folder.
 FEATURE_CACHE_ENV = "CXRKIT_FEATURE_CACHE"
 
