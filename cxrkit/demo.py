@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -90,7 +91,14 @@ def synthetic_xray(covid: bool, size: int = 64, rng: np.random.Generator | None 
     return (pixels, lungs) if return_lungs else pixels
 
 
-def make_synthetic_dataset(root: str | Path, per_class: int = 50, size: int = 64, seed: int = 0) -> Path:
+def _variant(base: np.ndarray, shift: tuple[int, int], noise_seed: int) -> np.ndarray:
+    """``base`` moved by ``shift`` pixels with fresh noise: another image of the same kind, cheaply."""
+    noise = np.random.default_rng(noise_seed).normal(0.0, 6.0, base.shape)
+    return np.clip(np.roll(base, shift, axis=(0, 1)).astype(np.float64) + noise, 0, 255).round().astype(np.uint8)
+
+
+def make_synthetic_dataset(root: str | Path, per_class: int = 50, size: int = 64, seed: int = 0,
+                           distinct: int | None = None, workers: int | None = None) -> Path:
     """Write ``per_class`` PNGs per class under ``root/COVID-19_Radiography_Dataset/{COVID,Normal}/``.
 
     Args:
@@ -98,6 +106,9 @@ def make_synthetic_dataset(root: str | Path, per_class: int = 50, size: int = 64
         per_class: images per class.
         size: image side in pixels.
         seed: random seed (the same seed draws the same images).
+        distinct: draw at most this many images per class from scratch; the others are drawn from them by a
+            small random shift and fresh noise (thousands of images in seconds, for benchmarks). ``None``: all.
+        workers: threads writing the files (default: the CPU's cores).
 
     Returns:
         The dataset folder (pass it as ``--dataset_dir``).
@@ -105,6 +116,8 @@ def make_synthetic_dataset(root: str | Path, per_class: int = 50, size: int = 64
     Raises:
         ValueError: fewer than 5 images per class or an image smaller than 32 px.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from PIL import Image
 
     if int(per_class) < 5:
@@ -113,10 +126,27 @@ def make_synthetic_dataset(root: str | Path, per_class: int = 50, size: int = 64
         raise ValueError(f"size must be at least 32 px, got {size}")
     folder = Path(root).expanduser().resolve() / "COVID-19_Radiography_Dataset"
     rng = np.random.default_rng(int(seed))
+    fresh = int(per_class) if distinct is None else max(1, min(int(per_class), int(distinct)))
+    reach = max(1, int(size) // 16)
+
+    def write(job: tuple[Path, np.ndarray, tuple[int, int] | None, int]) -> None:
+        path, base, shift, noise_seed = job
+        pixels = base if shift is None else _variant(base, shift, noise_seed)
+        Image.fromarray(pixels, mode="L").save(path)
+
+    jobs = []
     for cls in DEMO_CLASSES:
         (folder / cls).mkdir(parents=True, exist_ok=True)
+        bases = [synthetic_xray(cls == "COVID", int(size), rng) for _ in range(fresh)]
         for i in range(1, int(per_class) + 1):
-            Image.fromarray(synthetic_xray(cls == "COVID", int(size), rng), mode="L").save(folder / cls / f"{cls}-{i}.png")
+            if i <= fresh:
+                jobs.append((folder / cls / f"{cls}-{i}.png", bases[i - 1], None, 0))
+            else:
+                shift = (int(rng.integers(-reach, reach + 1)), int(rng.integers(-reach, reach + 1)))
+                jobs.append((folder / cls / f"{cls}-{i}.png", bases[int(rng.integers(fresh))], shift,
+                             int(rng.integers(2**31))))
+    with ThreadPoolExecutor(max_workers=max(1, workers or os.cpu_count() or 1)) as pool:
+        list(pool.map(write, jobs))
     text = _README.format(n=2 * int(per_class), seed=int(seed))
     (folder / "SYNTHETIC_DATA_README.txt").write_text(text, encoding="utf-8")
     (folder.parent / "SYNTHETIC_DATA_README.txt").write_text(text, encoding="utf-8")

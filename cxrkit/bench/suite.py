@@ -1,8 +1,10 @@
 """The benchmark suite: its command-line options and its run (``cxrkit bench``, ``python -m cxrkit.bench``).
 
 Writes ``benchmark.json`` and ``benchmark.md`` into ``--output_dir`` and prints the
-Markdown table and a line ``trainer/plain ratio: X.XX``. The defaults finish in
-a few minutes on a 2-core CPU; the targets are checked here, never by timed tests.
+Markdown table, a line ``trainer/plain ratio: X.XX``, a line estimating the
+study's Table 5 protocol on this device and one ``PASS``/``FAIL`` line per
+target. The defaults finish in a few minutes on a 2-core CPU; the targets are
+checked here, never by timed tests.
 
 Example::
 
@@ -46,8 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                help="image size of the inference measurement (default: 224)")
     add_option(parser, "--inference_repeats", type=positive, default=4, metavar="N",
                help="timed forward passes per batch size (default: 4)")
-    add_option(parser, "--skip", nargs="*", default=[], choices=["data_wait", "inference", "linear_probe"],
-               help="leave out these measurements")
+    add_option(parser, "--whole_run_epochs", type=arg_type(integer, minimum=2), default=3, metavar="N",
+               help="epochs of the whole-run measurement, validation and checkpoints included (default: 3)")
+    add_option(parser, "--skip", nargs="*", default=[],
+               choices=["data_wait", "inference", "linear_probe", "whole_run"], help="leave out these measurements")
     add_option(parser, "--work_dir", "--workdir", default=None, metavar="DIR",
                help="where the synthetic dataset and runs go (default: a temporary folder)")
     return parser
@@ -60,7 +64,9 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from cxrkit.bench.inference_speed import inference_speed
     from cxrkit.bench.timing import best_round, pooled
     from cxrkit.bench.training import bundle_trainer, data_wait, make_bench_dataset, plain_loop, probe_vs_finetune
+    from cxrkit.bench.wholerun import whole_run
     from cxrkit.bundle import find_bundle
+    from cxrkit.engine.hardware import loader_workers
 
     bundle = find_bundle(args.bundle)
     n_train = (args.warmup + args.steps) * args.batch_size
@@ -89,6 +95,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "architecture": network.weights_info.get("architecture"), "image_size": args.image_size,
             "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
             "amp": str(run.amp_kwargs.get("dtype", "off")), "inference_size": args.inference_size,
+            "cudnn": _cudnn(run.device), "cache": repr(getattr(getattr(run.loader, "dataset", None), "cache", None)),
         },
         "training": {
             "trainer": trainer.to_dict(), "plain": plain.to_dict(),
@@ -101,6 +108,7 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         logger.info("data waiting: uncached vs cached loader")
         waits = data_wait(run, steps=args.steps, warmup=args.warmup)
         results["data_wait"] = {k: v.to_dict() for k, v in waits.items()}
+        results["settings"]["uncached_workers"] = loader_workers("auto", run.device)
     if "linear_probe" not in args.skip:
         logger.info("linear probe vs fine-tuning epoch")
         results["linear_probe"] = probe_vs_finetune(run)
@@ -110,7 +118,21 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                                                repeats=args.inference_repeats, device=run.device,
                                                amp_kwargs=run.amp_kwargs)
     run.close()
+    if "whole_run" not in args.skip:
+        logger.info("whole run: %d epochs through the bundle, validation and checkpoints included", args.whole_run_epochs)
+        results["whole_run"] = whole_run(bundle, dataset, workdir / "whole-run", image_size=args.image_size,
+                                         batch_size=args.batch_size, epochs=args.whole_run_epochs,
+                                         device=args.device, step_images_per_s=trainer.images_per_s)
     return results
+
+
+def _cudnn(device: Any) -> str:
+    import torch
+
+    if getattr(device, "type", "cpu") != "cuda":
+        return "not used (CPU)"
+    return "deterministic" if torch.backends.cudnn.deterministic else (
+        "autotuned" if torch.backends.cudnn.benchmark else "heuristics")
 
 
 def benchmark(args: argparse.Namespace) -> int:
@@ -119,7 +141,7 @@ def benchmark(args: argparse.Namespace) -> int:
     Raises:
         ValueError: ``--batch_size`` below 2.
     """
-    from cxrkit.bench.report import markdown, write_report
+    from cxrkit.bench.report import markdown, summary_lines, write_report
 
     if args.batch_size < 2:
         raise ValueError("--batch_size must be >= 2 (batch norm cannot train on one image)")
@@ -136,4 +158,6 @@ def benchmark(args: argparse.Namespace) -> int:
     print(markdown(results))
     print(f"wrote {json_path} and {md_path}")
     print(f"trainer/plain ratio: {results['training']['trainer_over_plain']:.2f}")
+    for line in summary_lines(results):
+        print(line)
     return 0

@@ -68,12 +68,17 @@ class BundleRun:
 
 
 def make_bench_dataset(root: Path, n_train: int, image_size: int, val_fraction: float = 0.1, seed: int = 0) -> Path:
-    """A synthetic two-class dataset with at least ``n_train`` training images after a ``val_fraction`` split."""
+    """A synthetic two-class dataset with at least ``n_train`` training images after a ``val_fraction`` split.
+
+    Up to 64 images per class are drawn from scratch; the rest are shifted, re-noised copies of them
+    (:func:`cxrkit.demo.make_synthetic_dataset` with ``distinct``), so thousands of 224 px images take seconds.
+    """
     from cxrkit.demo import make_synthetic_dataset
 
     total = int(n_train / (1.0 - val_fraction)) + 4
-    # at least 10 images per class, so a 10 % validation split holds both classes
-    return make_synthetic_dataset(root, per_class=max(10, (total + 1) // 2), size=int(image_size), seed=seed)
+    # at least 10 images per class, so a validation split holds both classes
+    return make_synthetic_dataset(root, per_class=max(10, (total + 1) // 2), size=int(image_size), seed=seed,
+                                  distinct=64)
 
 
 def bundle_trainer(bundle: Path, dataset_dir: Path, output_dir: Path, *, image_size: int, batch_size: int,
@@ -179,12 +184,12 @@ def plain_loop(network: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_
     return summarize(step_s, wait_s, batch_size)
 
 
-def data_wait(run: BundleRun, *, steps: int, warmup: int, workers: int = 0) -> dict[str, StepStats]:
-    """Share of step time spent waiting for data: uncached (decode and resize every step) vs cached.
+def data_wait(run: BundleRun, *, steps: int, warmup: int) -> dict[str, StepStats]:
+    """Share of step time spent waiting for data: uncached (``num_workers: auto``) vs the run's image cache.
 
-    Both loaders read the run's training list with its preprocessing; the uncached
-    one is a plain MONAI ``Dataset``, the cached one the bundle's ``cache: true``
-    loader (``CacheDataset``). Each trains the run's network with the plain loop.
+    Both loaders read the run's training list with its preprocessing and are read by the plain loop:
+    ``uncached`` decodes every image again in loader workers (``auto``: none on a CPU, up to 8 on a GPU;
+    :func:`cxrkit.engine.hardware.loader_workers`), ``cached`` reads the trainer's own image cache.
     """
     from cxrkit.engine.loaders import make_dataset, make_loader
 
@@ -192,12 +197,22 @@ def data_wait(run: BundleRun, *, steps: int, warmup: int, workers: int = 0) -> d
     data = parser.get_parsed_content("data")
     transform = parser.get_parsed_content("train#preprocessing")
     batch_size = int(parser.get_parsed_content("batch_size"))
+    seed = parser.get_parsed_content("seed")
+    channels_last = parser.get_parsed_content("channels_last")
+    datasets = {
+        "uncached": make_dataset(data.train, transform, cache=False, num_workers="auto", device=run.device, seed=seed,
+                                 channels_last=channels_last),
+        "cached": parser.get_parsed_content("train#dataset"),
+    }
     out = {}
-    for name, cache in (("uncached", False), ("cached", True)):
-        dataset = make_dataset(data.train, transform, cache=cache, num_workers=workers)
-        loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=0, num_workers=workers)
+    for name, dataset in datasets.items():
+        loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=seed, num_workers="auto",
+                             device=run.device)
         out[name] = plain_loop(run.network, run.optimizer, run.loss_function, loader, steps=steps, warmup=warmup,
                                device=run.device, amp_kwargs=run.amp_kwargs)
+        logger.info("%s loader (%d worker(s)): %.1f %% of each step waiting for data", name, loader.num_workers,
+                    100 * out[name].data_wait_share)
+        del loader  # its workers end here
     return out
 
 

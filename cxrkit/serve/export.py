@@ -104,6 +104,29 @@ def _ckpt_export(root: Path, config: Path, meta: Path, ckpt: Path, target: Path,
         )
 
 
+def _on_cpu(ckpt: Path, folder: Path) -> Path:
+    """A copy of ``ckpt`` with CPU tensors in ``folder``: MONAI's ``ckpt_export`` reads the file where its
+    tensors were saved, and a model saved on a GPU by an older cxrkit cannot be read so on a CPU-only machine."""
+    from cxrkit.weights.checkpoint import open_checkpoint
+
+    copy = folder / ckpt.name
+    torch.save(open_checkpoint(ckpt), copy)  # opened safely (static scan, weights_only, onto the CPU)
+    return copy
+
+
+def _export_once(root: Path, config: Path, meta: Path, ckpt: Path, target: Path, use_trace: bool) -> None:
+    import tempfile
+
+    try:
+        _ckpt_export(root, config, meta, ckpt, target, use_trace)
+    except RuntimeError as exc:
+        if "CUDA" not in str(exc) or torch.cuda.is_available():
+            raise
+        logger.info("%s holds GPU tensors; exporting from a CPU copy", ckpt)
+        with tempfile.TemporaryDirectory(prefix="cxrkit-export-") as tmp:
+            _ckpt_export(root, config, meta, _on_cpu(ckpt, Path(tmp)), target, use_trace)
+
+
 def export_torchscript(
     run_dir: str | os.PathLike,
     filepath: str | os.PathLike | None = None,
@@ -135,7 +158,7 @@ def export_torchscript(
     method = ""
     for method in methods:
         try:
-            _ckpt_export(root, config, meta, ckpt, target, use_trace=method == "trace")
+            _export_once(root, config, meta, ckpt, target, use_trace=method == "trace")
             break
         except Exception as exc:  # noqa: BLE001 - torch.jit raises many kinds of errors
             logger.info("torch.jit.%s failed: %s", method, exc)
