@@ -15,6 +15,7 @@ import torch
 
 from cxrkit.cli import main
 from cxrkit.engine import workflow
+from cxrkit.engine.background import BackgroundWriter
 from cxrkit.runfolder import RunDirError, RunPaths
 from support.paths import REPO, shared_data
 
@@ -42,12 +43,20 @@ def _model(path: Path) -> dict:
     return state.get("model", state)
 
 
-def test_interrupted_then_resumed_run_equals_straight_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize("straight_extra, broken_extra", [
+    ((), ()),
+    # augmented; the interrupted run reads the image cache, the straight one decodes every epoch: the cache changes
+    # nothing, and every item's augmentation depends on (seed, epoch, index) only
+    (("--augment", "true"), ("--augment", "true", "--cache", "true")),
+], ids=["plain", "augmented-cache-vs-uncached"])
+def test_interrupted_then_resumed_run_equals_straight_run(tmp_path, monkeypatch, straight_extra, broken_extra):
     data = shared_data("radiography", "COVID-19_Radiography_Dataset")
     straight, broken = tmp_path / "straight", tmp_path / "broken"
-    assert main(_args(data, straight, 2)) == 0
+    assert main(_args(data, straight, 2, *straight_extra)) == 0
 
-    # interrupt the second run in the middle of epoch 2, after epoch 1's checkpoint is written
+    # interrupt the second run in the middle of epoch 2, after epoch 1's checkpoint is written (written in place
+    # here, so the crash point does not depend on how fast the background writer is)
+    monkeypatch.setattr(BackgroundWriter, "submit", lambda self, job, name="file": job())
     real = workflow.prepare_batch
     calls = {"after_checkpoint": 0}
 
@@ -60,9 +69,10 @@ def test_interrupted_then_resumed_run_equals_straight_run(tmp_path, monkeypatch)
 
     monkeypatch.setattr(workflow, "prepare_batch", failing)
     with pytest.raises(RuntimeError) as info:
-        main(_args(data, broken, 2))
+        main(_args(data, broken, 2, *broken_extra))
     assert "simulated crash" in str(info.value.__cause__)  # MONAI wraps it in "Failed to evaluate"
     monkeypatch.setattr(workflow, "prepare_batch", real)
+    monkeypatch.undo()
 
     summary = json.loads((broken / "summary.json").read_text())
     assert summary["status"] == "failed" and "simulated crash" in summary["error"]

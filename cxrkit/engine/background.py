@@ -166,6 +166,19 @@ class BackgroundWriter:
         """
         self._collect(block=True)
 
+    def drain(self) -> list[BaseException]:
+        """Wait for every job without raising (a run that failed already): their errors are logged and returned."""
+        errors: list[BaseException] = []
+        while True:
+            with self._lock:
+                if not self._jobs:
+                    return errors
+                oldest = self._jobs[0]
+            try:
+                self._finish(oldest)
+            except BaseException as exc:  # noqa: BLE001 - logged by _finish; the run's own error is the one raised
+                errors.append(exc)
+
     def _collect(self, block: bool) -> None:
         with self._lock:
             jobs = list(self._jobs)

@@ -155,6 +155,8 @@ class RunRecorder:
         config: the raw training config (a :class:`ConfigSnapshot` from the runner, a mapping, or the
             config file the run was started from).
         details: further entries for ``summary.json`` (e.g. ``{"linear_probe": {...}}``).
+        writer: the checkpoints' :class:`~cxrkit.engine.background.BackgroundWriter`: when the run fails, its
+            pending writes finish first, so the last checkpoint is whole before the failure is recorded.
     """
 
     def __init__(
@@ -168,6 +170,7 @@ class RunRecorder:
         device: Any = None,
         config: Any = None,
         details: Mapping[str, Any] | None = None,
+        writer: Any = None,
     ) -> None:
         if not isinstance(run_paths, RunPaths):
             raise TypeError(f"run_paths must be a RunPaths, got {type(run_paths).__name__}")
@@ -180,6 +183,7 @@ class RunRecorder:
         self.device = device
         self.config = config
         self.details = dict(details or {})
+        self.writer = writer
         self._started = 0.0
         self._previous_wall = 0.0
         self._termination = TerminationSignal()
@@ -270,6 +274,8 @@ class RunRecorder:
     def failed(self, engine: Engine, error: BaseException) -> None:
         self._termination.restore()
         status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        if self.writer is not None:
+            self.writer.drain()  # the last checkpoint is whole before the run is declared failed
         try:
             atomic_write_json(self.paths.summary, self._summary(
                 status, error=f"{type(error).__name__}: {error}",

@@ -23,6 +23,23 @@ NBT = "num_batches_tracked"
 
 
 # ---------------------------------------------------------------------------- helpers
+def save_as_if_on_gpu(obj: object, path: Path) -> Path:
+    """``torch.save`` with every tensor tagged as stored on ``cuda:0``, as a file written on a GPU is.
+
+    ``torch.load`` without ``map_location`` refuses such a file on a machine without CUDA, which is what
+    cxrkit's loaders must cope with; no GPU is needed to write it.
+    """
+    import torch.serialization as serialization
+
+    real = serialization.location_tag
+    serialization.location_tag = lambda storage: "cuda:0"
+    try:
+        torch.save(obj, path)
+    finally:
+        serialization.location_tag = real
+    return Path(path)
+
+
 @functools.lru_cache(maxsize=None)
 def reference(arch: str, in_channels: int = 3) -> dict[str, torch.Tensor]:
     """torchvision ``arch`` state dict without its classifier, filled with seeded random values."""
