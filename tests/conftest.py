@@ -57,10 +57,6 @@ class FakeDistributions:
             del sys.modules[name]
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skips with the reason on a CPU machine)")
-
-
 @pytest.fixture
 def fake_dists(tmp_path):
     dists = FakeDistributions(tmp_path / "site")

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support.gpu import requires_cuda
 from support.paths import RADIOGRAPHY, shared_data
 
 from cxrkit.api import predict
@@ -66,13 +67,10 @@ def test_monai_label_infer_task_gives_the_same_probabilities(tiny_run, predicted
 
 
 @pytest.mark.gpu
+@requires_cuda
 def test_on_a_gpu_run_inference_and_predict_agree_under_mixed_precision(tiny_run, studies, tmp_path):
     """On CUDA both paths run the network under the config's autocast (``amp: auto``) and take the softmax in
     float32, so they agree as closely as on the CPU (measured on an H100: 3e-8)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU (the mixed-precision inference path)")
     out = tmp_path / "predictions.csv"
     assert main(["run", "inference", str(tiny_run), "--input", str(studies), "--output_file", str(out),
                  "--batch_size", "2", "--device", "cuda"]) == 0

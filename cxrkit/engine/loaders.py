@@ -193,7 +193,9 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: Any = 32, shuffle
     if drop_last:
         logger.info("dropping the last training batch of 1 image (batch norm needs 2)")
     cached = isinstance(dataset, CachedImages)
-    workers = 0 if cached else loader_workers(num_workers, target)
+    ready = isinstance(dataset, EpochItems) and getattr(dataset.dataset, "transform", False) is None
+    # an image cache is read here; items that need no transform (a linear probe's features) need no workers
+    workers = 0 if cached or ready else loader_workers(num_workers, target)
     workers = min(workers, math.ceil(len(sampler) / batch_size))
     kwargs: dict[str, Any] = dict(batch_size=batch_size, sampler=sampler, num_workers=workers, generator=generator,
                                   drop_last=drop_last, pin_memory=target.type == "cuda" and not cached)
