@@ -14,7 +14,7 @@ from ignite.engine import Engine
 from torch import nn
 
 from cxrkit.bench.__main__ import main as bench_main
-from cxrkit.bench.report import check_targets, markdown
+from cxrkit.bench.report import check_targets, markdown, summary_lines
 from cxrkit.bench.timing import StepTimer, best_round, summarize
 from cxrkit.engine.inference import OptimizeForInference, fold_batchnorm, optimize_for_inference
 from cxrkit.engine.hardware import amp_enabled, amp_kwargs, place_network
@@ -107,16 +107,32 @@ def test_step_timer_measures_steps_after_warmup_and_data_wait():
 
 def test_targets_pass_fail_and_not_applicable():
     results = {
-        "settings": {"device_type": "cpu", "image_size": 128, "inference_size": 224},
+        "settings": {"device_type": "cpu", "device": "cpu", "image_size": 128, "inference_size": 224,
+                     "batch_size": 16},
         "training": {"trainer_over_plain": 0.94, "trainer": {"images_per_s": 20.0}},
-        "data_wait": {"cached": {"data_wait_share": 0.01}},
+        "data_wait": {"cached": {"data_wait_share": 0.01}, "uncached": {"data_wait_share": 0.4}},
         "inference": {"optimized": {"batch_16": 15.5}},
+        "whole_run": {"over_step": 0.5, "table5_estimate_min": 900.0, "images_per_s": 10.0},
     }
     status = {row["target"]: row["status"] for row in check_targets(results)}
-    assert status == {"trainer_vs_plain": "FAIL", "data_wait_cached": "PASS", "cpu_inference": "PASS",
-                      "gpu_training": "n/a"}
+    assert status == {"trainer_vs_plain": "FAIL", "gpu_trainer_vs_plain": "n/a", "data_wait_cached": "PASS",
+                      "data_wait_uncached": "n/a", "cpu_inference": "PASS", "gpu_training": "n/a",
+                      "whole_run": "n/a", "table5_minutes": "n/a"}
     results["settings"]["inference_size"] = 64  # the CPU target is defined at 224 px
     assert {r["target"]: r["status"] for r in check_targets(results)}["cpu_inference"] == "n/a"
+    gpu = dict(results, settings={"device_type": "cuda", "device": "cuda:0", "image_size": 224, "inference_size": 224,
+                                  "batch_size": 256},
+               training={"trainer_over_plain": 0.98, "trainer": {"images_per_s": 4100.0}},
+               whole_run={"over_step": 0.9, "table5_estimate_min": 14.0, "images_per_s": 3690.0})
+    status = {row["target"]: row["status"] for row in check_targets(gpu)}
+    assert status == {"trainer_vs_plain": "n/a", "gpu_trainer_vs_plain": "PASS", "data_wait_cached": "PASS",
+                      "data_wait_uncached": "FAIL", "cpu_inference": "n/a", "gpu_training": "PASS",
+                      "whole_run": "PASS", "table5_minutes": "PASS"}
+    gpu["targets"] = check_targets(gpu)
+    lines = summary_lines(gpu)
+    assert lines[0].startswith("Table 5 protocol estimate") and "14.0 min" in lines[0]
+    assert any(line.startswith("FAIL data_wait_uncached: 0.400 (") for line in lines)
+    assert sum(line.startswith("PASS ") for line in lines) == 5
 
 
 @pytest.mark.slow
@@ -124,6 +140,7 @@ def test_benchmark_smoke_writes_json_markdown_and_ratio(tmp_path, capsys):
     out = tmp_path / "out"
     rc = bench_main(["--output", str(out), "--image_size", "32", "--batch_size", "2", "--steps", "1",
                      "--warmup", "1", "--rounds", "1", "--device", "cpu", "--inference_size", "32", "--inference_repeats", "1",
+                     "--whole_run_epochs", "2",
                      "--workdir", str(tmp_path / "work")])
     printed = capsys.readouterr().out
     assert rc == 0
@@ -132,10 +149,15 @@ def test_benchmark_smoke_writes_json_markdown_and_ratio(tmp_path, capsys):
     assert ratio > 0 and f"trainer/plain ratio: {ratio:.2f}" in printed
     assert results["training"]["trainer"]["steps"] == 1 and results["training"]["plain"]["steps"] == 1
     assert results["training"]["all_rounds"]["trainer"]["steps"] == 1
-    assert set(results["data_wait"]) == {"uncached", "cached"}
+    assert set(results["data_wait"]) == {"uncached", "cached"} and results["settings"]["uncached_workers"] == 0
     assert set(results["inference"]) == {"plain", "optimized"}
     assert set(results["inference"]["optimized"]) == {"batch_1", "batch_16"}
     assert results["linear_probe"]["probe_epoch_s"] > 0
+    whole = results["whole_run"]
+    assert whole["epochs"] == 2 and whole["train_images"] > whole["val_images"] > 0 and whole["images_per_s"] > 0
+    assert whole["over_step"] > 0 and whole["table5_estimate_min"] > 0
+    assert "Table 5 protocol estimate (10 sources x 50 epochs x 5,809 images, 80/20) on cpu: " in printed
+    assert (tmp_path / "work" / "whole-run" / "models" / "checkpoint_last.pt").is_file()
     assert {row["status"] for row in results["targets"]} <= {"PASS", "FAIL", "n/a"}
     table = (out / "benchmark.md").read_text()
     assert table == markdown(results) and "| target | value | status |" in table

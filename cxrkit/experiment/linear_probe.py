@@ -63,6 +63,7 @@ def probe_features(model: Any, items: Sequence[dict[str, Any]], root: str, sourc
         ValueError: the backbone gives non-finite features (a damaged weight file).
     """
     from cxrkit.data.transforms import build_transforms
+    from cxrkit.engine.hardware import loader_workers
 
     images = sorted({str(it["image"]) for it in items})
     sha = model.weights_info.get("sha256") or "init:" + tensors_digest(model.backbone.state_dict())
@@ -76,7 +77,7 @@ def probe_features(model: Any, items: Sequence[dict[str, Any]], root: str, sourc
         transform = build_transforms(source, int(image_size), train=False)
         stored = extract_features(model.backbone.to(device), [{"image": i} for i in images], transform,
                                   batch_size=batch_size, device=device, progress=progress,
-                                  desc=f"{source.name} features")
+                                  num_workers=loader_workers("auto", device), desc=f"{source.name} features")
         bad = int((~torch.isfinite(stored)).any(dim=1).sum())
         if bad:
             raise ValueError(
