@@ -106,7 +106,8 @@ def bundle_trainer(bundle: Path, dataset_dir: Path, output_dir: Path, *, image_s
     overrides: dict[str, Any] = {
         "bundle_root": str(bundle), "dataset_dir": str(dataset_dir), "output_dir": str(output_dir),
         "image_size": int(image_size), "batch_size": int(batch_size), "epochs": 1, "device": device,
-        "val_fraction": 0.1, "cache": True, "allow_missing_weights": True, "tensorboard_images": 0,
+        "val_fraction": 0.1, "test_fraction": 0.0, "near_duplicates": False, "cache": True,
+        "allow_missing_weights": True, "tensorboard_images": 0,
         # one epoch of exactly warm-up + timed steps (+1: the last step has no successor batch request)
         "train#trainer#epoch_length": int(warmup + steps),
     }

@@ -2,7 +2,7 @@
 means for the study's Table 5 protocol on this device.
 
 :func:`whole_run` trains the bundle for a few epochs exactly as ``cxrkit run
-training`` does (80/20 split, image cache, validation every epoch, the best
+training`` does (80/20 split without a held-out test part, as in the study; image cache, validation every epoch, the best
 model and the resume checkpoint saved every epoch) and times it with
 :class:`EpochClock`. The first epoch (cuDNN autotuning, first allocations) is
 reported apart; the whole-run figure is the later epochs' training images per
@@ -83,8 +83,8 @@ def whole_run(bundle: Path, dataset_dir: Path, output_dir: Path, *, image_size: 
     overrides = {
         "bundle_root": str(bundle), "dataset_dir": str(dataset_dir), "output_dir": str(output_dir),
         "image_size": int(image_size), "batch_size": int(batch_size), "epochs": int(epochs), "device": device,
-        "val_fraction": TABLE5["val_fraction"], "cache": True, "allow_missing_weights": True,
-        "tensorboard_images": 0,
+        "val_fraction": TABLE5["val_fraction"], "test_fraction": 0.0, "near_duplicates": False, "cache": True,
+        "allow_missing_weights": True, "tensorboard_images": 0,
     }
     began = time.perf_counter()
     workflow = bundle_workflow("training", bundle, overrides)

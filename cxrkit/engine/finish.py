@@ -39,9 +39,9 @@ class HeldOutEvaluation:
         preprocessing: the evaluation transforms.
         classes: class names by index.
         positive_index: positive class of a binary task, or ``None``.
-        device: where to evaluate.
+        device: where to evaluate (and where batches are finished, as in validation).
         batch_size: images per batch.
-        num_workers: data-loading processes.
+        num_workers: data-loading processes (``auto``: :func:`cxrkit.engine.hardware.loader_workers`).
         amp: autocast (as in validation).
         amp_kwargs: autocast arguments.
         seed: loader seed.
@@ -49,7 +49,7 @@ class HeldOutEvaluation:
 
     def __init__(self, run_paths: Any, data: Any, network: torch.nn.Module, preprocessing: Any,
                  classes: Sequence[str], positive_index: int | None = None, device: Any = "cpu", batch_size: int = 32,
-                 num_workers: int = 0, amp: bool = False, amp_kwargs: dict | None = None, seed: int = 0) -> None:
+                 num_workers: Any = 0, amp: bool = False, amp_kwargs: dict | None = None, seed: int = 0) -> None:
         self.paths = run_paths
         self.data = data
         self.network = network
@@ -58,7 +58,7 @@ class HeldOutEvaluation:
         self.positive_index = positive_index
         self.device = device
         self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
+        self.num_workers = num_workers
         self.amp = bool(amp)
         self.amp_kwargs = dict(amp_kwargs or {})
         self.seed = int(seed)
@@ -80,8 +80,10 @@ class HeldOutEvaluation:
             return None
         state = torch.load(str(self.paths.model), map_location="cpu", weights_only=True)
         self.network.load_state_dict(state)
-        loader = loaders.make_loader(loaders.make_dataset(test, self.preprocessing), batch_size=self.batch_size,
-                                     shuffle=False, seed=self.seed, num_workers=self.num_workers)
+        dataset = loaders.make_dataset(test, self.preprocessing, num_workers=self.num_workers, device=self.device,
+                                       seed=self.seed)
+        loader = loaders.make_loader(dataset, batch_size=self.batch_size, shuffle=False, seed=self.seed,
+                                     num_workers=self.num_workers, device=self.device)
         found = distributed.shard_safe_metrics(metrics.classification_metrics(
             self.classes, prefix="", positive_index=self.positive_index, loss_function=torch.nn.CrossEntropyLoss()))
         handlers = [
@@ -94,7 +96,7 @@ class HeldOutEvaluation:
             device=self.device, val_data_loader=loader, network=self.network, prepare_batch=loaders.prepare_batch,
             key_val_metric=metrics.pick_metrics(found, "accuracy", True),
             additional_metrics=metrics.pick_metrics(found, "accuracy", False), val_handlers=handlers,
-            amp=self.amp, amp_kwargs=self.amp_kwargs)
+            amp=self.amp, amp_kwargs=self.amp_kwargs, decollate=False)
         evaluator.run()
         result = dict(evaluator.state.metrics)
         logger.info("held-out test part (%d images): accuracy %.4f", len(test), float(result.get("accuracy", 0.0)))
