@@ -87,7 +87,8 @@ def predict(model: str | os.PathLike, inputs: Sequence[str | os.PathLike], *, ba
 
 def external(run_dir: str | os.PathLike, dataset: str, dataset_dir: str | os.PathLike, *,
              class_map: str | dict | None = None, task: str | None = None, name: str | None = None,
-             allow_missing: bool = False, **overrides: Any) -> Path:
+             allow_missing: bool = False, dataset_options: dict[str, Any] | None = None,
+             **overrides: Any) -> Path:
     """Evaluate a run on another collection (external validation); returns ``RUN_DIR/external/<name>/``.
 
     Args:
@@ -99,6 +100,8 @@ def external(run_dir: str | os.PathLike, dataset: str, dataset_dir: str | os.Pat
         task: the collection's task.
         name: the evaluation's folder name (default ``dataset`` or ``dataset-task``).
         allow_missing: leave out metadata rows whose image file is missing.
+        dataset_options: further adapter options (``{"views": "PA"}`` for cohen, ``{"label_column": "dx"}``
+            for csv; ``cxrkit data tasks`` lists them).
         overrides: further evaluate-config values (``max_items``, ``device``, ``skip_bad_images``...).
 
     Raises:
@@ -113,7 +116,7 @@ def external(run_dir: str | os.PathLike, dataset: str, dataset_dir: str | os.Pat
     values: dict[str, Any] = {
         "dataset": dataset, "dataset_dir": str(Path(dataset_dir).expanduser().resolve()), "class_map": class_map,
         "subset": "all", "evaluation_split": "external", "output_dir": str(paths.external / name),
-        "dataset_options": {"allow_missing": True} if allow_missing else {},
+        "dataset_options": {**(dataset_options or {}), **({"allow_missing": True} if allow_missing else {})},
     }
     if task:
         values["task"] = task

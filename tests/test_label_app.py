@@ -184,3 +184,56 @@ def test_guard_middleware_refuses_foreign_hosts_and_missing_tokens():
     assert call(Host="localhost:8000", Authorization="Bearer t0k") == (200, b"ok")
     assert call("OPTIONS", Host="127.0.0.1:8000")[0] == 200  # CORS preflights carry no credentials
     assert calls == ["/info/", "/info/"]
+
+
+def test_guard_middleware_answers_browsers_only_from_its_own_or_named_origins():
+    import asyncio
+
+    from cxrkit.serve.guard import GuardMiddleware, allowed_host_names
+
+    async def inner(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    guard = GuardMiddleware(inner, allowed_hosts=allowed_host_names("127.0.0.1"),
+                            allowed_origins=["https://Viewer.example:3000/"])
+
+    def status(method="GET", **headers):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+
+        scope = {"type": "http", "method": method, "path": "/datastore/",
+                 "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+        asyncio.run(guard(scope, receive, send))
+        return sent[0]["status"]
+
+    host = "127.0.0.1:8000"
+    assert status(Host=host) == 200  # no Origin: Slicer, scripts, the review page's server
+    assert status(Host=host, Origin="http://127.0.0.1:8000") == 200  # its own page
+    assert status(Host=host, Origin="http://evil.example") == 403  # a page the reviewer visits reads nothing
+    assert status("POST", Host=host, Origin="http://evil.example") == 403
+    assert status("OPTIONS", Host=host, Origin="http://evil.example") == 403
+    assert status(Host=host, Origin="null") == 403  # sandboxed frames, file:// pages
+    assert status(Host=host, Origin="https://viewer.example:3000") == 200  # named with --allow_origin
+    assert status(Host=host, Origin="http://viewer.example:3000") == 403  # another scheme is another origin
+    assert GuardMiddleware(inner).allowed_origins is None
+    with pytest.raises(ValueError, match="not a web origin"):
+        GuardMiddleware(inner, allowed_origins=["viewer.example"])
+
+
+def test_label_serve_passes_allowed_origins_and_refuses_a_malformed_one(tmp_path, capsys):
+    run = _fake_run(tmp_path / "run")
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    base = ["label", "serve", str(run), "--studies", str(studies), "--app_dir", str(tmp_path / "work"), "--dry_run"]
+    assert main([*base, "--allow-origin", "https://Viewer.example:3000", "--allow_origin", "http://b.example"]) == 0
+    out = capsys.readouterr().out
+    assert "export CXRKIT_LABEL_ALLOWED_ORIGINS=https://viewer.example:3000,http://b.example" in out
+    assert main([*base, "--allow_origin", "viewer.example"]) == 1
+    err = capsys.readouterr().err
+    assert "--allow_origin" in err and "not a web origin" in err

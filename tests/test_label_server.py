@@ -198,6 +198,11 @@ def test_label_server_needs_its_token_and_its_own_host_name(server, tiny_run, st
         assert resp.status == 421 and image.encode() not in resp.read()
     finally:
         conn.close()
+    # a page the reviewer visits, under its true name: MONAI Label's CORS allows every origin; the guard does not
+    status, body, _ = _request(f"{base}/datastore/?output=all", headers={"Origin": "http://evil.example"})
+    assert status == 403 and image.encode() not in body
+    status, body, _ = _request(f"{base}/datastore/?output=all", headers={"Origin": base})
+    assert status == 200 and image.encode() in body
 
 
 def test_label_server_applies_the_runs_calibration(server, tiny_run, studies, capsys):  # noqa: F811

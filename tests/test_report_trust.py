@@ -130,3 +130,27 @@ def test_external_names_its_folder_safely(tmp_path):
 
     with pytest.raises(ValueError, match="names a folder"):
         external(tmp_path, "cohen", tmp_path, name="../elsewhere")
+
+
+def test_external_passes_adapter_options_to_the_collection(tiny_run, tmp_path, capsys):
+    """``--views PA`` reaches the cohen adapter: only the PA rows of the mapped classes are evaluated."""
+    from support.paths import shared_data
+
+    from cxrkit.data import load_dataset
+
+    cohen = shared_data("cohen")
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    base = ["external", str(run), "--dataset", "cohen", "--dataset_dir", str(cohen), "--task", "covid_vs_normal",
+            "--class_map", "COVID-19=COVID,No Finding=Normal", "--device", "cpu", "--bootstrap", "0",
+            "--no_progress"]
+    assert main([*base, "--name", "all-views"]) == 0
+    assert main([*base, "--name", "pa", "--views", "PA"]) == 0
+    capsys.readouterr()
+    n = {name: json.loads((run / "external" / name / "metrics.json").read_text())["n_images"]
+         for name in ("all-views", "pa")}
+    expected = {name: len(load_dataset("cohen", cohen, "covid_vs_normal", **options).items)
+                for name, options in (("all-views", {}), ("pa", {"views": "PA"}))}
+    assert n == expected and 0 < n["pa"] < n["all-views"]
+    assert main([*base, "--name", "bad", "--view", "PA"]) != 0  # a misspelled adapter option is named
+    assert "view" in capsys.readouterr().err
+    assert not (run / "external" / "bad" / "metrics.json").exists()

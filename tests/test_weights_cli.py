@@ -15,15 +15,6 @@ from support.weights import TINY, reference, save, tiny_file
 pytestmark = pytest.mark.usefixtures("drop_checkpoints")
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """An empty weights folder, with HOME and TORCH_HOME away from the real ones."""
-    monkeypatch.setenv("CXRKIT_WEIGHTS_DIR", str(tmp_path / "store"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    return tmp_path / "store"
-
-
 def sha(path):
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -45,7 +36,7 @@ def test_check_ok_prints_count_sha_and_hash_status(scratch, tiny, capsys):
     assert "result    OK" in out
 
 
-def test_check_hash_mismatch_is_a_warning_unless_strict(scratch, store, capsys):
+def test_check_hash_mismatch_is_a_warning_unless_strict(scratch, weight_store, capsys):
     path = tiny_file(scratch)
     from cxrkit.registry import weights
     from cxrkit.weights import WeightSource
@@ -64,7 +55,7 @@ def test_check_hash_mismatch_is_a_warning_unless_strict(scratch, store, capsys):
         weights.unregister("test_hashed")
 
 
-def test_check_mismatch_exits_1_with_the_reason(scratch, store, capsys):
+def test_check_mismatch_exits_1_with_the_reason(scratch, weight_store, capsys):
     path = save(reference("resnet18"), scratch / "resnet50-0676ba61.pth")
     assert main(["weights", "check", "imagenet", str(path)]) == 1
     err = capsys.readouterr().err
@@ -82,7 +73,7 @@ def test_check_unsafe_file_needs_trust(scratch, tiny, capsys):
     assert "result    OK" in captured.out and "warning: fully unpickling" in captured.err
 
 
-def test_check_errors_for_unknown_plugin_missing_file_and_random(store, capsys):
+def test_check_errors_for_unknown_plugin_missing_file_and_random(weight_store, capsys):
     assert main(["weights", "check", "imagenett"]) == 2
     assert "Did you mean 'imagenet'" in capsys.readouterr().err
     assert main(["weights", "check", "moco_v1"]) == 1
@@ -90,13 +81,13 @@ def test_check_errors_for_unknown_plugin_missing_file_and_random(store, capsys):
     assert main(["weights", "check", "random"]) == 2
 
 
-def test_import_then_list_and_check_find_the_file(scratch, tiny, store, capsys):
+def test_import_then_list_and_check_find_the_file(scratch, tiny, weight_store, capsys):
     path = tiny_file(scratch, name="downloaded.bin")
     assert main(["weights", "list"]) == 0
     assert table_row(capsys.readouterr().out, TINY) == [TINY, "resnet18", "r18.pth", "no", "-", "-"]
     assert main(["weights", "import", TINY, str(path)]) == 0
     out = capsys.readouterr().out
-    dest = store / TINY / "r18.pth"
+    dest = weight_store / TINY / "r18.pth"
     assert f"installed: {path} -> {dest}" in out and sha(dest) == sha(path)
     assert main(["weights", "import", TINY, str(path)]) == 0
     assert "already installed" in capsys.readouterr().out
@@ -107,21 +98,21 @@ def test_import_then_list_and_check_find_the_file(scratch, tiny, store, capsys):
     assert f"file      {dest}" in capsys.readouterr().out
 
 
-def test_import_refuses_a_bad_file_and_a_different_installed_one(scratch, tiny, store, capsys):
+def test_import_refuses_a_bad_file_and_a_different_installed_one(scratch, tiny, weight_store, capsys):
     bad = save(reference("resnet50"), scratch / "r18.pth")
     assert main(["weights", "import", TINY, str(bad)]) == 1
-    assert "does not fit plugin" in capsys.readouterr().err and not (store / TINY).exists()
+    assert "does not fit plugin" in capsys.readouterr().err and not (weight_store / TINY).exists()
     good = tiny_file(scratch / "a")
     assert main(["weights", "import", TINY, str(good)]) == 0
     other = tiny_file(scratch / "b", extra_key=1)
     assert main(["weights", "import", TINY, str(other)]) == 1
     assert "already exists with different content" in capsys.readouterr().err
-    assert sha(store / TINY / "r18.pth") == sha(good)
+    assert sha(weight_store / TINY / "r18.pth") == sha(good)
     assert main(["weights", "import", TINY, str(other), "--force"]) == 0
-    assert sha(store / TINY / "r18.pth") == sha(other)
+    assert sha(weight_store / TINY / "r18.pth") == sha(other)
 
 
-def test_import_is_atomic_when_the_copy_fails(scratch, tiny, store, monkeypatch, capsys):
+def test_import_is_atomic_when_the_copy_fails(scratch, tiny, weight_store, monkeypatch, capsys):
     good = tiny_file(scratch / "a")
     assert main(["weights", "import", TINY, str(good)]) == 0
     other = tiny_file(scratch / "b", extra_key=2)
@@ -133,8 +124,8 @@ def test_import_is_atomic_when_the_copy_fails(scratch, tiny, store, monkeypatch,
     monkeypatch.setattr(shutil, "copyfileobj", copy_half_then_fail)
     with pytest.raises(OSError, match="No space left"):
         main(["weights", "import", TINY, str(other), "--force"])
-    assert sha(store / TINY / "r18.pth") == sha(good)  # the installed file is untouched
-    assert sorted(p.name for p in (store / TINY).iterdir()) == ["r18.pth"]  # no temporary left behind
+    assert sha(weight_store / TINY / "r18.pth") == sha(good)  # the installed file is untouched
+    assert sorted(p.name for p in (weight_store / TINY).iterdir()) == ["r18.pth"]  # no temporary left behind
 
 
 def test_info_shows_the_record(capsys):

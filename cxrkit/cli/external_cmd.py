@@ -12,13 +12,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "external",
+        usage="cxrkit external RUN_DIR --dataset NAME --dataset_dir DIR [options] [--ADAPTER_OPTION VALUE ...]",
         help="evaluate a run on another collection, its classes mapped onto the run's (external validation)",
         description=(
             "Evaluate a trained run's best model on another collection (radiography, coronahack, cohen, folder, "
             "csv), mapping that collection's classes onto the run's with --class_map; classes left out of the map "
             "are left out of the evaluation. Writes RUN_DIR/external/NAME/predictions.csv and metrics.json and "
             "prints the accuracy with a 95% bootstrap interval next to the run's own test part. cxrkit report and "
-            "cxrkit compare-report show internal and external results side by side."
+            "cxrkit compare-report show internal and external results side by side. Extra --name value arguments are "
+            "passed to the adapter as options (e.g. --views PA for cohen; see 'cxrkit data tasks')."
         ),
         epilog=(
             "examples:\n"
@@ -43,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_common(p, "bootstrap")
     add_common(p, "device")
     add_common(p, "no_progress")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, accepts_overrides=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,11 +53,16 @@ def run(args: argparse.Namespace) -> int:
     from cxrkit.bundle.runner import user_error
     from cxrkit.cli import CLIError
     from cxrkit.cli.table import format_table
+    from cxrkit.options import parse_overrides
     from cxrkit.report.report import evaluate_run
     from cxrkit.report.runfolder import RunFolderError, load_run
     from cxrkit.report.trust import with_ci
     from cxrkit.runfolder import RunPaths
 
+    try:
+        options = parse_overrides(args.overrides)
+    except ValueError as exc:
+        raise CLIError(f"{exc}; adapter options are --name value", code=2) from None
     paths = RunPaths.of(args.run_dir)
     if not paths.evaluate_config.is_file():
         raise CLIError(f"{paths.root}: not a run folder (no configs/evaluate.yaml); pass the folder training wrote")
@@ -64,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["max_items"] = int(args.max_items)
     try:
         folder = external(paths.root, args.dataset, args.dataset_dir, class_map=args.class_map, task=args.task,
-                          name=args.name, allow_missing=args.allow_missing, **overrides)
+                          name=args.name, allow_missing=args.allow_missing, dataset_options=options, **overrides)
     except Exception as exc:  # noqa: BLE001 - show the user's mistake, not MONAI's wrapper
         cause = user_error(exc) or (exc if isinstance(exc, ValueError) else None)
         if cause is None:

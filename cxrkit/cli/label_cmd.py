@@ -39,6 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_option(s, "--token", default=None,
                help="bearer token every request must carry (default $CXRKIT_LABEL_TOKEN; `cxrkit review` "
                "sends the same variable)")
+    add_option(s, "--allow_origin", action="append", default=[], metavar="ORIGIN",
+               help="a web viewer's origin (https://viewer.example:3000) whose browser requests are answered; "
+               "repeatable (default: only the server's own; requests without an Origin, e.g. 3D Slicer, are "
+               "not affected)")
     add_option(s, "--port", type=arg_type(integer, minimum=0, maximum=65535), default=8000,
                help="port (default: 8000)")
     add_option(s, "--app_dir", default=None, metavar="DIR",
@@ -82,7 +86,7 @@ def run_serve(args: argparse.Namespace) -> int:
         if args.dry_run:
             app = Path(args.app_dir).expanduser().resolve() if args.app_dir else default_app_dir()
             cmd = server_command(args.run_dirs, args.studies, app, host=args.host, port=args.port)
-            env = server_env(app, base={}, host=args.host, token=token)
+            env = server_env(app, base={}, host=args.host, token=token, origins=args.allow_origin)
             print(f"# `serve` first copies the app {APP_DIR} (main.py, lib/) to {app}")
             for key, value in env.items():
                 shown = "'<your token>'" if key == TOKEN_ENV else shlex.quote(value)
@@ -92,6 +96,6 @@ def run_serve(args: argparse.Namespace) -> int:
         print(exposure(args.host, args.port, args.studies, [Path(r).name for r in args.run_dirs], bool(token)),
               flush=True)
         return serve(args.run_dirs, args.studies, host=args.host, port=args.port, app_dir=args.app_dir,
-                     allow_remote=args.allow_remote, token=token)
+                     allow_remote=args.allow_remote, token=token, origins=args.allow_origin)
     except LabelServerError as exc:
         raise CLIError(str(exc), code=2 if isinstance(exc, ExposureError) else 1) from None

@@ -3,7 +3,9 @@
 uvicorn imports it by name (``monailabel start_server --uvicorn_app
 cxrkit.label.asgi:app``, see :func:`cxrkit.label.server.server_command`). The
 guard (:class:`cxrkit.serve.guard.GuardMiddleware`) refuses requests whose
-``Host`` is not one of ``$CXRKIT_LABEL_ALLOWED_HOSTS`` (421) and, when
+``Host`` is not one of ``$CXRKIT_LABEL_ALLOWED_HOSTS`` (421), browser requests
+from another web origin than the server's own or ``$CXRKIT_LABEL_ALLOWED_ORIGINS``
+(403; MONAI Label itself allows every origin by CORS) and, when
 ``$CXRKIT_LABEL_TOKEN`` is set, requests without ``Authorization: Bearer
 <token>`` (401). MONAI Label's own authentication (``MONAI_LABEL_AUTH_ENABLE``
 with a Keycloak realm) still applies behind it when configured.
@@ -29,7 +31,7 @@ from typing import Any, Iterator
 
 from monailabel.app import app as monailabel_app
 
-from cxrkit.label.server import ALLOWED_HOSTS_ENV, TOKEN_ENV
+from cxrkit.label.server import ALLOWED_HOSTS_ENV, ALLOWED_ORIGINS_ENV, TOKEN_ENV
 from cxrkit.serve.batching import QueueSettings
 from cxrkit.serve.guard import GuardMiddleware
 
@@ -124,6 +126,11 @@ def _allowed_hosts() -> frozenset[str] | None:
     return names or None
 
 
+def _allowed_origins() -> list[str]:
+    return [o.strip() for o in os.environ.get(ALLOWED_ORIGINS_ENV, "").split(",") if o.strip()]
+
+
 _settings = QueueSettings.from_env()
 offload_infer(monailabel_app, Admission(max_pending=_settings.max_queue, threads=max(4, _settings.max_batch)))
-app = GuardMiddleware(monailabel_app, allowed_hosts=_allowed_hosts(), token=os.environ.get(TOKEN_ENV) or None)
+app = GuardMiddleware(monailabel_app, allowed_hosts=_allowed_hosts(), allowed_origins=_allowed_origins(),
+                      token=os.environ.get(TOKEN_ENV) or None)

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from cxrkit.label import APP_DIR
-from cxrkit.serve.guard import allowed_host_names, is_loopback
+from cxrkit.serve.guard import allowed_host_names, is_loopback, normalise_origin
 
 __all__ = [
     "ALLOWED_HOSTS_ENV",
+    "ALLOWED_ORIGINS_ENV",
     "BackgroundServer",
     "ASGI_APP",
     "DATASTORE_EXTENSIONS",
@@ -65,6 +66,8 @@ DATASTORE_EXTENSIONS = ("*.png", "*.jpg", "*.jpeg", "*.dcm", "*.nii.gz", "*.nii"
 TOKEN_ENV = "CXRKIT_LABEL_TOKEN"
 #: comma-separated host names the server answers (set by :func:`server_env`).
 ALLOWED_HOSTS_ENV = "CXRKIT_LABEL_ALLOWED_HOSTS"
+#: comma-separated web origins besides the server's own whose browser requests are answered.
+ALLOWED_ORIGINS_ENV = "CXRKIT_LABEL_ALLOWED_ORIGINS"
 #: the ASGI app uvicorn serves: MONAI Label's app behind cxrkit's guard.
 ASGI_APP = "cxrkit.label.asgi:app"
 #: connections and requests uvicorn serves at once before answering 503.
@@ -185,17 +188,26 @@ def server_command(
 
 
 def server_env(app: str | os.PathLike, base: Mapping[str, str] | None = None, *, host: str = "127.0.0.1",
-               token: str | None = None) -> dict[str, str]:
+               token: str | None = None, origins: Sequence[str] = ()) -> dict[str, str]:
     """The environment for the server: radiograph file types listed, sessions kept in the app folder,
-    the host names to answer (:data:`ALLOWED_HOSTS_ENV`) and the token (:data:`TOKEN_ENV`).
+    the host names to answer (:data:`ALLOWED_HOSTS_ENV`), the other web origins to answer
+    (:data:`ALLOWED_ORIGINS_ENV`) and the token (:data:`TOKEN_ENV`).
 
     Values already set in ``base`` (default ``os.environ``) win, except the host names, which
-    follow ``host``, and the token, which ``token`` replaces when given.
+    follow ``host``, the origins, which ``origins`` joins, and the token, which ``token`` replaces when given.
+
+    Raises:
+        LabelServerError: an entry of ``origins`` is not an http(s) origin.
     """
     env = dict(os.environ if base is None else base)
     env.setdefault("MONAI_LABEL_DATASTORE_FILE_EXT", json.dumps(list(DATASTORE_EXTENSIONS)))
     env.setdefault("MONAI_LABEL_SESSION_PATH", str(Path(app) / "sessions"))
     env[ALLOWED_HOSTS_ENV] = ",".join(sorted(allowed_host_names(host)))
+    try:
+        given = [normalise_origin(o) for o in [*env.get(ALLOWED_ORIGINS_ENV, "").split(","), *origins] if o.strip()]
+    except ValueError as exc:
+        raise LabelServerError(f"--allow_origin: {exc}") from None
+    env[ALLOWED_ORIGINS_ENV] = ",".join(dict.fromkeys(given))
     if token:
         env[TOKEN_ENV] = token
     return env
@@ -241,6 +253,7 @@ def serve(
     *,
     allow_remote: bool = False,
     token: str | None = None,
+    origins: Sequence[str] = (),
 ) -> int:
     """Run the MONAI Label server in the foreground until it stops (Ctrl-C).
 
@@ -253,6 +266,7 @@ def serve(
         models: names of bundles under the app's ``model/`` folder.
         allow_remote: allow a ``host`` other computers can reach.
         token: bearer token every request must carry (default ``$CXRKIT_LABEL_TOKEN``; None: none).
+        origins: web origins besides the server's own whose browser requests are answered (a web viewer).
 
     Returns:
         The server's exit code.
@@ -269,7 +283,7 @@ def serve(
         )
     app = prepare_app(app_dir)
     cmd = server_command(bundles, studies, app, host=host, port=port, models=models)
-    env = server_env(app, host=host, token=token)
+    env = server_env(app, host=host, token=token, origins=origins)
     logger.info("starting: %s", " ".join(cmd))
     process = subprocess.Popen(cmd, env=env)
     try:

@@ -13,10 +13,15 @@ server (:mod:`cxrkit.label.asgi`):
 * **Origins** (against cross-site requests): a state-changing request whose
   ``Origin`` (or ``Referer`` when there is no ``Origin``) is another site is
   refused (:func:`same_origin`).
+  :class:`GuardMiddleware` applies the same rule to every request that
+  carries an ``Origin``, reads included: MONAI Label answers every origin's
+  CORS request (``Access-Control-Allow-Origin: *`` unless configured), so any
+  page a reviewer visits could otherwise read ``http://127.0.0.1:8000`` under
+  its true name. Web viewers on another origin are allowed by name.
 * **Tokens**: a shared secret compared in constant time (:func:`token_matches`).
 * **Paths**: error messages sent to clients never carry this computer's file
   paths (:func:`redact_paths`).
-* :class:`GuardMiddleware`: the host and token checks as ASGI middleware.
+* :class:`GuardMiddleware`: the host, origin and token checks as ASGI middleware.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ __all__ = [
     "host_allowed",
     "is_loopback",
     "is_wildcard",
+    "normalise_origin",
     "redact_paths",
     "same_origin",
     "split_host",
@@ -136,6 +142,18 @@ def same_origin(source: str | None, host_header: str | None) -> bool:
     return parts.scheme in ("http", "https") and parts.netloc.lower() == host_header.strip().lower()
 
 
+def normalise_origin(origin: str) -> str:
+    """An origin as browsers send it: ``scheme://host[:port]``, lower case, no path or trailing slash.
+
+    Raises:
+        ValueError: not an ``http`` / ``https`` origin.
+    """
+    parts = urlsplit(origin.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{origin!r} is not a web origin (expected http[s]://host[:port])")
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
 def token_matches(given: str | None, token: str) -> bool:
     """Constant-time comparison of a presented token with the expected one."""
     return bool(given) and secrets.compare_digest(str(given).encode(), token.encode())
@@ -158,20 +176,37 @@ Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 
 class GuardMiddleware:
-    """ASGI middleware: refuse unknown ``Host`` names (421) and requests without the bearer token (401).
+    """ASGI middleware: refuse unknown ``Host`` names (421), foreign origins (403) and missing tokens (401).
 
     Args:
         app: the ASGI app to protect.
         allowed_hosts: host names to answer (see :func:`allowed_host_names`); None: any.
+        allowed_origins: web origins (``https://viewer.example:3000``) besides the server's own whose browser
+            requests are answered; a request with any other ``Origin`` header (``null`` included) is refused.
+            Requests without ``Origin`` (3D Slicer, scripts, the review page's server) are not affected.
+            None: no origin check.
         token: the bearer token every request must carry (``Authorization: Bearer``); None: no token.
             CORS preflight requests (``OPTIONS``) need none: browsers never send credentials with them.
+
+    Raises:
+        ValueError: an entry of ``allowed_origins`` is not an http(s) origin.
     """
 
     def __init__(self, app: Callable[..., Awaitable[None]], *, allowed_hosts: frozenset[str] | None = None,
-                 token: str | None = None) -> None:
+                 allowed_origins: Iterable[str] | None = None, token: str | None = None) -> None:
         self.app = app
         self.allowed_hosts = allowed_hosts
+        self.allowed_origins = (None if allowed_origins is None
+                                else frozenset(normalise_origin(o) for o in allowed_origins))
         self.token = token or None
+
+    def _origin_allowed(self, origin: str | None, host: str | None) -> bool:
+        if self.allowed_origins is None or origin is None or same_origin(origin, host):
+            return True
+        try:
+            return normalise_origin(origin) in self.allowed_origins
+        except ValueError:  # "null" (sandboxed frames, file:// pages) and garbage
+            return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -180,6 +215,10 @@ class GuardMiddleware:
         if self.allowed_hosts is not None and not host_allowed(headers.get("host"), self.allowed_hosts):
             return await self._refuse(scope, send, 421, "unknown host name: this server answers only the names "
                                       "it was started for", {})
+        if not self._origin_allowed(headers.get("origin"), headers.get("host")):
+            return await self._refuse(scope, send, 403, "cross-site request refused: the page's origin is not "
+                                      "this server (a web viewer on another origin needs `cxrkit label serve "
+                                      "--allow_origin ORIGIN`)", {})
         if (self.token and scope.get("method") != "OPTIONS"
                 and not token_matches(bearer(headers.get("authorization")), self.token)):
             return await self._refuse(scope, send, 401, "missing or wrong bearer token (send 'Authorization: "
