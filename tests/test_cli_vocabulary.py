@@ -164,3 +164,14 @@ def test_help_shows_the_config_spelling_only(capsys):
     text = capsys.readouterr().out
     assert "--image_size PX" in text and "--output_dir DIR" in text and "--no_progress" in text
     assert "--image-size" not in text and "--dir" not in text.replace("--output_dir", "")
+
+
+def test_run_takes_no_progress_like_every_other_command(monkeypatch, capsys):
+    import cxrkit.api
+
+    seen = []
+    monkeypatch.setattr(cxrkit.api, "run_bundle", lambda workflow, bundle, overrides: seen.append(overrides))
+    assert main(["run", "training", "inat_swav", "--dataset-dir", "D", "--no-progress"]) == 0
+    assert seen == [{"dataset_dir": "D", "progress": False}]
+    assert main(["run", "training", "inat_swav", "--no_progress", "--progress", "true"]) == 2
+    assert "--no_progress" in capsys.readouterr().err and len(seen) == 1

@@ -151,6 +151,13 @@ def test_external_passes_adapter_options_to_the_collection(tiny_run, tmp_path, c
     expected = {name: len(load_dataset("cohen", cohen, "covid_vs_normal", **options).items)
                 for name, options in (("all-views", {}), ("pa", {"views": "PA"}))}
     assert n == expected and 0 < n["pa"] < n["all-views"]
+    info = json.loads((run / "external" / "pa" / "metrics.json").read_text())
+    assert info["dataset_options"] == {"views": "PA"}
+    from cxrkit.report.report import write_report
+
+    sections = _sections(write_report(run, bootstrap=0, audit="false").read_text())
+    notes = sections["Results by split (internal and external)"]
+    assert "external: pa: dataset `cohen`, task covid_vs_normal (options views=PA)" in notes
     assert main([*base, "--name", "bad", "--view", "PA"]) != 0  # a misspelled adapter option is named
     assert "view" in capsys.readouterr().err
     assert not (run / "external" / "bad" / "metrics.json").exists()

@@ -111,7 +111,8 @@ def energy_figure(shares: np.ndarray, area_share: float, path: Path) -> Path:
     ax = axes[0, 0]
     valid = np.asarray(shares, float)
     valid = valid[np.isfinite(valid)]
-    ax.hist(valid, bins=np.linspace(0, 1, 21), color="#2b7bba", edgecolor="white")
+    counts, _, _ = ax.hist(valid, bins=np.linspace(0, 1, 21), color="#2b7bba", edgecolor="white")
+    ax.set_ylim(0, max(1.0, float(np.max(counts, initial=0))) * 1.3)  # headroom: the legend never hides a bar
     ax.axvline(area_share, color="#d95f02", linestyle="--", linewidth=1.5,
                label=f"even spread: lungs cover {area_share:.0%} of the image")
     if valid.size:

@@ -5,7 +5,8 @@ The short form of ``python -m monai.bundle run <id> --config_file BUNDLE/configs
 (``bundles/inat_swav``, a plugin name, or a run folder), sets ``--bundle_root``
 to it and runs MONAI's ``ConfigWorkflow`` with the same overrides. Values are
 parsed exactly as MONAI's command line (Python Fire) parses them, so both forms
-behave alike; ``--image-size`` is ``--image_size``.
+behave alike; ``--image-size`` is ``--image_size``, and ``--no_progress`` (the
+flag of every other command) is ``--progress false``.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
         overrides = parse_overrides(args.overrides)
     except ValueError as exc:
         raise CLIError(str(exc), code=2) from None
+    if "no_progress" in overrides:  # the flag every other command takes; the config's id is `progress`
+        if overrides.pop("no_progress") is not True or "progress" in overrides:
+            raise CLIError("--no_progress takes no value and cannot be combined with --progress", code=2)
+        overrides["progress"] = False
     try:
         run_bundle(args.workflow, args.bundle, overrides)
     except (BundleNotFoundError, FileNotFoundError) as exc:

@@ -73,9 +73,10 @@ def results_by_split(run: RunFolder, evaluate: Any) -> list[Block]:
         info = preds.info
         mapping = info.get("class_map") or {}
         mapped = ", ".join(f"{a} → {b}" for a, b in mapping.items()) or "same class names"
+        options = ", ".join(f"{k}={v}" for k, v in (info.get("dataset_options") or {}).items())
         notes.append(f"external: {name}: dataset `{info.get('dataset') or '?'}`"
-                     f"{', task ' + str(info['task']) if info.get('task') else ''}; classes mapped {mapped}; "
-                     f"{preds.n} images.")
+                     f"{', task ' + str(info['task']) if info.get('task') else ''}"
+                     f"{f' (options {options})' if options else ''}; classes mapped {mapped}; {preds.n} images.")
     if notes:
         blocks.append(BulletList(notes))
     blocks.append(Paragraph(
