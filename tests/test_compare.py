@@ -100,3 +100,41 @@ def test_compare_finetune_two_plugins_one_split(isolated, capsys):
     record = json.loads((out / "compare.json").read_text())
     assert [r["status"] for r in record["runs"]] == ["finished", "finished"]
     assert set(record["skipped"]) == {"swav"}
+
+
+def test_compare_passes_adapter_options_and_skips_bad_images(isolated, tmp_path, capsys):
+    """``--views PA`` reaches the cohen adapter; ``--skip_bad_images`` leaves a broken file out of the split."""
+    import shutil
+
+    from cxrkit.cli import main
+    from cxrkit.data import load_dataset
+
+    cohen = shared_data("cohen")
+    common = ["--plugins", "random", "--epochs", "1", "--image_size", "32", "--batch_size", "4", "--device", "cpu",
+              "--bootstrap", "0", "--no_progress"]
+    out = isolated / "cohen"
+    assert main(["compare", "--dataset", "cohen", "--dataset_dir", str(cohen), "--task", "covid_vs_rest",
+                 "--output_dir", str(out), "--views", "PA", *common]) == 0
+    split = json.loads((out / "split.json").read_text())
+    expected = load_dataset("cohen", cohen, "covid_vs_rest", views="PA")
+    assert len(split["train"]) + len(split["val"]) + len(split["test"]) == len(expected.items)
+    assert (out / "runs" / "random" / "models" / "model.pt").is_file()
+
+    data = tmp_path / "radiography"
+    for cls in ("COVID", "Normal"):
+        (data / cls).mkdir(parents=True)
+        for image in sorted((shared_data(*RADIOGRAPHY) / cls).glob("*.png"))[:6]:
+            shutil.copy(image, data / cls / image.name)
+    broken = data / "COVID" / "COVID-99999.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))  # a PNG cut off after its signature
+    capsys.readouterr()
+    assert main(["compare", "--dataset_dir", str(data), "--output_dir", str(isolated / "bad"), *common]) == 1
+    error = capsys.readouterr().err
+    assert str(broken) in error and "--skip_bad_images" in error
+    assert main(["compare", "--dataset_dir", str(data), "--output_dir", str(isolated / "skip"), "--skip_bad_images",
+                 *common]) == 0
+    split = json.loads((isolated / "skip" / "split.json").read_text())
+    images = [item["image"] for part in ("train", "val", "test") for item in split[part]]
+    assert len(images) == 12 and not any("COVID-99999" in str(i) for i in images)  # 6 + 6 readable
+    assert main(["compare", "--dataset_dir", str(data), "--output_dir", str(isolated / "x"), "--nope"]) != 0
+    assert "nope" in capsys.readouterr().err

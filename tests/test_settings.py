@@ -107,6 +107,7 @@ def test_evaluate_and_inference_check_their_options(tiny_run, tmp_path, capsys):
     ("weights_path", "/no/such.pth", "--weights_path /no/such.pth: no such file"),
     ("best_metric", None, "--best_metric is needed"),
     ("positive_class", [1], "--positive_class must be a class name or index"),
+    ("dataset_options", "views=PA", "--dataset_options must be a mapping of the adapter's options"),
 ])
 def test_each_setting_reader(name, value, message):
     with pytest.raises(SettingsError, match="bad option value") as info:
@@ -168,3 +169,30 @@ def test_runner_arguments_reads_only_monais_runner():
     config, overrides = runner_arguments(argv)
     assert "epochs" in config and overrides == ["epochs", "train#trainer#max_epochs", "image_size"]
     assert runner_arguments(["/usr/bin/cxrkit", "run", "training", "--config_file", config_file]) is None
+
+
+def test_training_passes_adapter_options_to_the_dataset(tmp_path, capsys):
+    """A partly downloaded CoronaHack trains with allow_missing; Cohen's view filter reaches the adapter."""
+    import json
+
+    from support.paths import shared_data
+
+    from cxrkit.data import load_dataset
+
+    coronahack = shared_data("coronahack")
+    out = tmp_path / "coronahack"
+    base = ["run", "training", str(BUNDLE), "--dataset", "coronahack", "--dataset_dir", str(coronahack),
+            "--task", "normal_vs_pneumonia", "--image_size", "32", "--epochs", "1", "--batch_size", "8",
+            "--device", "cpu", "--progress", "false", "--tensorboard_images", "0"]
+    assert main([*base, "--output_dir", str(out)]) != 0  # most CSV rows have no image here
+    assert "--dataset_options '{allow_missing: true}'" in capsys.readouterr().err and not out.exists()
+    assert main([*base, "--output_dir", str(out), "--dataset_options", "{allow_missing: true}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    expected = load_dataset("coronahack", coronahack, "normal_vs_pneumonia", allow_missing=True)
+    assert sum(sum(part.values()) for part in summary["counts"].values()) == len(expected.items)
+
+    cohen = shared_data("cohen")
+    bad = tmp_path / "bad"
+    assert main([*base[:3], "--dataset", "cohen", "--dataset_dir", str(cohen), "--output_dir", str(bad),
+                 "--dataset_options", "{view: PA}"]) != 0
+    assert "cohen: unknown option(s) view; options: views" in capsys.readouterr().err and not bad.exists()

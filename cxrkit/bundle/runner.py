@@ -177,6 +177,20 @@ def bundle_workflow(workflow: str, bundle: str | Path, overrides: Mapping[str, A
         )
 
 
+def _drop_empty_run_folder(flow: Any) -> None:
+    """A training that failed before writing anything (bad data, a missing weight file) leaves no empty folder."""
+    from cxrkit.runfolder import RunPaths
+
+    paths = flow.parser.ref_resolver.resolved_content.get("run_paths")
+    if not isinstance(paths, RunPaths) or paths.resuming:
+        return
+    try:
+        paths.root.rmdir()  # only when empty: anything written stays
+        logger.debug("removed the empty run folder %s", paths.root)
+    except OSError:
+        pass
+
+
 def run_bundle(workflow: str, bundle: str | Path, overrides: Mapping[str, Any] | None = None) -> Path | None:
     """Run ``workflow`` of ``bundle`` with ``overrides``, as ``python -m monai.bundle run`` would.
 
@@ -199,7 +213,11 @@ def run_bundle(workflow: str, bundle: str | Path, overrides: Mapping[str, Any] |
         Exception: whatever the workflow raises (:func:`user_error` finds the user's mistake in it).
     """
     flow = bundle_workflow(workflow, bundle, overrides)
-    flow.run()
+    try:
+        flow.run()
+    except BaseException:
+        _drop_empty_run_folder(flow)
+        raise
     written = flow.parser.get_parsed_content(WORKFLOWS[workflow_name(workflow)][2])
     flow.finalize()
     written = getattr(written, "root", written)

@@ -13,13 +13,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     positive = arg_type(integer, minimum=1)
     p = sub.add_parser(
         "compare",
+        usage="cxrkit compare --dataset_dir DIR [options] [--ADAPTER_OPTION VALUE ...]",
         help="train every weight plugin on one split (or k folds) and write one comparison report",
         description=(
             "Make ONE split of the dataset (written as split.json in the comparison folder), train every chosen "
             "plugin on it (fine-tuning through its bundle, or the same bundle run as a linear probe on cached "
             "backbone features) and write one comparison report. Plugins whose weight file is absent are listed "
             "as skipped with the `cxrkit weights import` command; a run that fails is reported and the others "
-            "go on."
+            "go on. Extra --name value arguments are passed to the dataset adapter as options (e.g. --views PA "
+            "for cohen; see 'cxrkit data tasks')."
         ),
         epilog=(
             "examples:\n"
@@ -45,6 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_option(p, "--weights_dir", default=None, metavar="DIR",
                help="folder searched first for every plugin's weight file")
     add_option(p, "--max_items", type=positive, default=None, metavar="N", help="use at most N images (quick runs)")
+    add_option(p, "--skip_bad_images", action="store_true",
+               help="leave unreadable images out of the split (listed in each run's summary) instead of failing")
+    add_option(p, "--allow_missing", action="store_true", help="leave out metadata rows whose image file is missing")
     add_option(p, "--val_fraction", type=arg_type(number, minimum=0.0, maximum=1.0), default=0.2, metavar="F",
                help="validation share of a hold-out split (default: 0.2)")
     add_option(p, "--test_fraction", type=arg_type(number, minimum=0.0, maximum=0.95), default=0.2, metavar="F",
@@ -55,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_common(p, "bootstrap")
     add_common(p, "device")
     add_common(p, "no_progress")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, accepts_overrides=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,13 +68,21 @@ def run(args: argparse.Namespace) -> int:
     from cxrkit.cli.table import format_table
     from cxrkit.data import DatasetError
     from cxrkit.experiment.compare import CompareError, CompareSettings, run_comparison
+    from cxrkit.options import parse_overrides
+
+    try:
+        options = parse_overrides(args.overrides)
+    except ValueError as exc:
+        raise CLIError(f"{exc}; adapter options are --name value", code=2) from None
+    if args.allow_missing:
+        options["allow_missing"] = True
 
     settings = CompareSettings(
         dataset=args.dataset, dataset_dir=args.dataset_dir, task=args.task, plugins=[args.plugins], mode=args.mode,
         folds=args.folds, output_dir=args.output_dir, epochs=args.epochs, image_size=args.image_size,
         batch_size=args.batch_size, seed=args.seed, weights_dir=args.weights_dir, max_items=args.max_items,
         device=args.device, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        feature_cache=args.feature_cache,
+        feature_cache=args.feature_cache, skip_bad_images=args.skip_bad_images, dataset_options=options,
         bootstrap=args.bootstrap, progress=args.progress,
     )
     try:

@@ -208,7 +208,8 @@ class CoronaHackDataset(DatasetAdapter):
             raise DatasetError(
                 f"coronahack: {len(missing)} of {len(rows)} rows of {csv_path} have no image file under "
                 f"{base}/{{train,test}} (first: {', '.join(missing[:5])}). Download the missing images, "
-                "or pass allow_missing=True (--allow_missing) to leave those rows out."
+                "or pass allow_missing=True "
+                "(--allow_missing; for training: --dataset_options '{allow_missing: true}') to leave those rows out."
             )
         if missing:
             excluded["image file missing"] = missing

@@ -195,7 +195,8 @@ class CsvDataset(DatasetAdapter):
             raise DatasetError(
                 f"csv: {len(missing)} rows of {csv_path} name image files that do not exist under {base} "
                 f"(first: {', '.join(missing[:5])}). Fix the paths, set image_root=, or pass "
-                "allow_missing=True (--allow_missing) to leave them out."
+                "allow_missing=True "
+                "(--allow_missing; for training: --dataset_options '{allow_missing: true}') to leave them out."
             )
         if missing:
             excluded["image file missing"] = missing

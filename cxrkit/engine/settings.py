@@ -81,6 +81,16 @@ def _share(minimum: float) -> Reader:
     return read
 
 
+def _adapter_options(value: Any, name: str) -> dict[str, Any]:
+    """The dataset adapter's options: a mapping (``{views: PA}``); nothing is ``{}``."""
+    if options.optional(value) is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ValueError(f"--{name} must be a mapping of the adapter's options, e.g. '{{views: PA}}' or "
+                         f"'{{allow_missing: true}}' (cxrkit data tasks lists them), got {value!r}")
+    return dict(value)
+
+
 def _class_map(value: Any, name: str) -> dict[str, str]:
     from cxrkit.engine.prepare import parse_class_map
 
@@ -212,6 +222,7 @@ SETTINGS: dict[str, Reader] = {
     "dataset_dir": _path("dir"),
     "dataset": _registered("datasets"),
     "task": _text(),
+    "dataset_options": _adapter_options,
     "max_items": _whole(minimum=2, allow_none=True),
     "val_fraction": _share(0.01),
     "test_fraction": _share(0.0),

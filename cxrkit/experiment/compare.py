@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 __all__ = ["MODES", "CompareError", "CompareSettings", "PluginPlan", "RunOutcome", "ComparisonResult",
            "resolve_plugins", "plan_plugins", "make_splits", "run_comparison"]
@@ -61,6 +61,8 @@ class CompareSettings:
         seed: split, subset and training seed.
         weights_dir: a folder searched first for every plugin's weight file.
         max_items: use at most this many images (class-stratified).
+        skip_bad_images: leave unreadable images out of the split (listed) instead of failing.
+        dataset_options: the dataset adapter's options (``{"views": "PA"}``, ``{"allow_missing": True}``).
         device: ``auto``, ``cpu``, ``cuda``...
         val_fraction: validation share of a hold-out split (chooses each model's best epoch).
         test_fraction: held-out test share (the report's headline; every source, every fold shares it; 0: none).
@@ -82,6 +84,8 @@ class CompareSettings:
     seed: int = 0
     weights_dir: str | None = None
     max_items: int | None = None
+    skip_bad_images: bool = False
+    dataset_options: Mapping[str, Any] = field(default_factory=dict)
     device: str = "auto"
     val_fraction: float = 0.2
     test_fraction: float = 0.2
@@ -236,7 +240,8 @@ def make_splits(settings: CompareSettings, out_dir: Path) -> list[tuple[int | No
     for fold in folds:
         data = prepare_data(settings.dataset, settings.dataset_dir, settings.task, val_fraction=settings.val_fraction,
                             seed=settings.seed, max_items=settings.max_items, progress=settings.progress,
-                            folds=settings.folds, fold=fold or 0, test_fraction=settings.test_fraction)
+                            folds=settings.folds, fold=fold or 0, test_fraction=settings.test_fraction,
+                            skip_bad_images=settings.skip_bad_images, options=dict(settings.dataset_options))
         path = out_dir / ("split.json" if fold is None else f"split-fold{fold}.json")
         data.split.save(path)
         out.append((fold, path, data))
@@ -250,6 +255,7 @@ def _overrides(plan: PluginPlan, settings: CompareSettings, split: Path, run_dir
         "dataset": settings.dataset, "dataset_dir": str(Path(settings.dataset_dir).expanduser().resolve()),
         "split_manifest": str(split), "seed": int(settings.seed), "output_dir": str(run_dir),
         "device": settings.device, "progress": bool(settings.progress),
+        "skip_bad_images": bool(settings.skip_bad_images), "dataset_options": dict(settings.dataset_options),
     }
     if settings.task is not None:
         overrides["task"] = settings.task
