@@ -306,6 +306,9 @@ COMMON: dict[str, dict[str, Any]] = {
     "batch_size": {"type": arg_type(integer, minimum=1), "metavar": "N", "help": "images per batch"},
     "epochs": {"type": arg_type(integer, minimum=1), "metavar": "N", "help": "training epochs"},
     "seed": {"type": int, "default": 0, "metavar": "S", "help": "random seed (default: 0)"},
+    "allow_host": {"action": "append", "default": [], "metavar": "NAME",
+                   "help": "another host name this server answers to, e.g. a reverse proxy's public name "
+                   "(repeatable; default: localhost, 127.0.0.1, ::1 and --host)"},
     "bootstrap": {"type": int, "default": 1000, "metavar": "N",
                   "help": "bootstrap resamples of the 95%% confidence intervals; 0 switches them off (default: 1000)"},
 }

@@ -175,3 +175,32 @@ def test_run_takes_no_progress_like_every_other_command(monkeypatch, capsys):
     assert seen == [{"dataset_dir": "D", "progress": False}]
     assert main(["run", "training", "inat_swav", "--no_progress", "--progress", "true"]) == 2
     assert "--no_progress" in capsys.readouterr().err and len(seen) == 1
+
+
+def test_servers_take_more_host_names_the_same_way(monkeypatch):
+    import cxrkit.review.app
+    import cxrkit.review.server
+
+    for argv in (["review"], ["label", "serve", "R", "--studies", "S"]):
+        args, _ = build_parser().parse_known_args([*argv, "--allow-host", "a.example", "--allow_host", "b.example"])
+        assert args.allow_host == ["a.example", "b.example"]
+
+    class App:  # the review page's app without a MONAI Label server behind it
+        model, reviewer = "m", "r"
+
+        def __init__(self, client, **kwargs):
+            pass
+
+        def studies(self):
+            return []
+
+    seen = {}
+
+    def server(app, **kwargs):
+        seen.update(kwargs)
+        raise OSError(98, "in use")
+
+    monkeypatch.setattr(cxrkit.review.app, "ReviewApp", App)
+    monkeypatch.setattr(cxrkit.review.server, "ReviewServer", server)
+    assert main(["review", "--server", "http://127.0.0.1:9", "--allow_host", "proxy.example"]) == 1
+    assert seen["allowed_hosts"] == ["proxy.example"] and seen["host"] == "127.0.0.1"

@@ -234,6 +234,9 @@ def test_label_serve_passes_allowed_origins_and_refuses_a_malformed_one(tmp_path
     assert main([*base, "--allow-origin", "https://Viewer.example:3000", "--allow_origin", "http://b.example"]) == 0
     out = capsys.readouterr().out
     assert "export CXRKIT_LABEL_ALLOWED_ORIGINS=https://viewer.example:3000,http://b.example" in out
+    assert main([*base, "--allow-host", "xray.hospital.example"]) == 0
+    hosts = next(line for line in capsys.readouterr().out.splitlines() if "CXRKIT_LABEL_ALLOWED_HOSTS=" in line)
+    assert "xray.hospital.example" in hosts.split("=", 1)[1].split(",")
     assert main([*base, "--allow_origin", "viewer.example"]) == 1
     err = capsys.readouterr().err
     assert "--allow_origin" in err and "not a web origin" in err

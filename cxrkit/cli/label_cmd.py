@@ -7,7 +7,7 @@ import shlex
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from cxrkit.options import CommandFormatter, add_option, arg_type, integer
+    from cxrkit.options import CommandFormatter, add_common, add_option, arg_type, integer
 
     p = sub.add_parser(
         "label",
@@ -39,6 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_option(s, "--token", default=None,
                help="bearer token every request must carry (default $CXRKIT_LABEL_TOKEN; `cxrkit review` "
                "sends the same variable)")
+    add_common(s, "allow_host")
     add_option(s, "--allow_origin", action="append", default=[], metavar="ORIGIN",
                help="a web viewer's origin (https://viewer.example:3000) whose browser requests are answered; "
                "repeatable (default: only the server's own; requests without an Origin, e.g. 3D Slicer, are "
@@ -86,7 +87,8 @@ def run_serve(args: argparse.Namespace) -> int:
         if args.dry_run:
             app = Path(args.app_dir).expanduser().resolve() if args.app_dir else default_app_dir()
             cmd = server_command(args.run_dirs, args.studies, app, host=args.host, port=args.port)
-            env = server_env(app, base={}, host=args.host, token=token, origins=args.allow_origin)
+            env = server_env(app, base={}, host=args.host, token=token, origins=args.allow_origin,
+                             hosts=args.allow_host)
             print(f"# `serve` first copies the app {APP_DIR} (main.py, lib/) to {app}")
             for key, value in env.items():
                 shown = "'<your token>'" if key == TOKEN_ENV else shlex.quote(value)
@@ -96,6 +98,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(exposure(args.host, args.port, args.studies, [Path(r).name for r in args.run_dirs], bool(token)),
               flush=True)
         return serve(args.run_dirs, args.studies, host=args.host, port=args.port, app_dir=args.app_dir,
-                     allow_remote=args.allow_remote, token=token, origins=args.allow_origin)
+                     allow_remote=args.allow_remote, token=token, origins=args.allow_origin,
+                     hosts=args.allow_host)
     except LabelServerError as exc:
         raise CLIError(str(exc), code=2 if isinstance(exc, ExposureError) else 1) from None

@@ -27,7 +27,7 @@ def _options(p: argparse.ArgumentParser, default: object = None) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from cxrkit.options import CommandFormatter, add_option, arg_type, integer
+    from cxrkit.options import CommandFormatter, add_common, add_option, arg_type, integer
 
     p = sub.add_parser(
         "review",
@@ -42,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                help="interface the page binds to (default 127.0.0.1: local only; another needs --allow_remote)")
     add_option(p, "--allow_remote", action="store_true",
                help="allow a --host other computers can reach (the page then requires its token)")
+    add_common(p, "allow_host")
     add_option(p, "--page_token", default=None,
                help="token the page itself requires (default $CXRKIT_REVIEW_TOKEN; with --allow_remote and "
                "none given, a random one is made and printed in the page's URL)")
@@ -125,7 +126,7 @@ def _serve(client, args: argparse.Namespace) -> int:
     app.studies()  # fail now, with a clear message, if the MONAI Label server is unusable
     _ = app.model
     try:
-        server = ReviewServer(app, host=args.host, port=args.port, token=token)
+        server = ReviewServer(app, host=args.host, port=args.port, token=token, allowed_hosts=args.allow_host)
     except OSError as exc:
         raise CLIError(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); pick another --port") from None
     if server.local:

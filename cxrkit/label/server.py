@@ -188,13 +188,14 @@ def server_command(
 
 
 def server_env(app: str | os.PathLike, base: Mapping[str, str] | None = None, *, host: str = "127.0.0.1",
-               token: str | None = None, origins: Sequence[str] = ()) -> dict[str, str]:
+               token: str | None = None, origins: Sequence[str] = (), hosts: Sequence[str] = ()) -> dict[str, str]:
     """The environment for the server: radiograph file types listed, sessions kept in the app folder,
     the host names to answer (:data:`ALLOWED_HOSTS_ENV`), the other web origins to answer
     (:data:`ALLOWED_ORIGINS_ENV`) and the token (:data:`TOKEN_ENV`).
 
-    Values already set in ``base`` (default ``os.environ``) win, except the host names, which
-    follow ``host``, the origins, which ``origins`` joins, and the token, which ``token`` replaces when given.
+    Values already set in ``base`` (default ``os.environ``) win, except the host names, which follow ``host``
+    (and ``hosts``, more names such as a reverse proxy's), the origins, which ``origins`` joins, and the token,
+    which ``token`` replaces when given.
 
     Raises:
         LabelServerError: an entry of ``origins`` is not an http(s) origin.
@@ -202,7 +203,7 @@ def server_env(app: str | os.PathLike, base: Mapping[str, str] | None = None, *,
     env = dict(os.environ if base is None else base)
     env.setdefault("MONAI_LABEL_DATASTORE_FILE_EXT", json.dumps(list(DATASTORE_EXTENSIONS)))
     env.setdefault("MONAI_LABEL_SESSION_PATH", str(Path(app) / "sessions"))
-    env[ALLOWED_HOSTS_ENV] = ",".join(sorted(allowed_host_names(host)))
+    env[ALLOWED_HOSTS_ENV] = ",".join(sorted(allowed_host_names(host, hosts)))
     try:
         given = [normalise_origin(o) for o in [*env.get(ALLOWED_ORIGINS_ENV, "").split(","), *origins] if o.strip()]
     except ValueError as exc:
@@ -254,6 +255,7 @@ def serve(
     allow_remote: bool = False,
     token: str | None = None,
     origins: Sequence[str] = (),
+    hosts: Sequence[str] = (),
 ) -> int:
     """Run the MONAI Label server in the foreground until it stops (Ctrl-C).
 
@@ -267,6 +269,7 @@ def serve(
         allow_remote: allow a ``host`` other computers can reach.
         token: bearer token every request must carry (default ``$CXRKIT_LABEL_TOKEN``; None: none).
         origins: web origins besides the server's own whose browser requests are answered (a web viewer).
+        hosts: more host names to answer to (a reverse proxy's public name).
 
     Returns:
         The server's exit code.
@@ -283,7 +286,7 @@ def serve(
         )
     app = prepare_app(app_dir)
     cmd = server_command(bundles, studies, app, host=host, port=port, models=models)
-    env = server_env(app, host=host, token=token, origins=origins)
+    env = server_env(app, host=host, token=token, origins=origins, hosts=hosts)
     logger.info("starting: %s", " ".join(cmd))
     process = subprocess.Popen(cmd, env=env)
     try:
