@@ -148,34 +148,42 @@ def test_serving_beyond_this_computer_needs_allow_remote_and_says_what_it_expose
     assert "Bearer" in exposure("127.0.0.1", 8000, studies, ["run"], token=True)
 
 
-def test_guard_middleware_refuses_foreign_hosts_and_missing_tokens():
+def _asgi_call(app, method="GET", path="/info/", **headers):
+    """``(status, body)`` of one HTTP request to an ASGI ``app`` (header names as keyword arguments)."""
     import asyncio
 
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "method": method, "path": path,
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+async def _ok(scope, receive, send):
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_guard_middleware_refuses_foreign_hosts_and_missing_tokens():
     from cxrkit.serve.guard import GuardMiddleware, allowed_host_names
 
     calls = []
 
     async def inner(scope, receive, send):
         calls.append(scope["path"])
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
+        await _ok(scope, receive, send)
 
     guard = GuardMiddleware(inner, allowed_hosts=allowed_host_names("127.0.0.1"), token="t0k")
 
     def call(method="GET", **headers):
-        sent = []
-
-        async def send(message):
-            sent.append(message)
-
-        async def receive():
-            return {"type": "http.request", "body": b""}
-
-        scope = {"type": "http", "method": method, "path": "/info/",
-                 "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
-        asyncio.run(guard(scope, receive, send))
-        body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-        return sent[0]["status"], body
+        return _asgi_call(guard, method, **headers)
 
     assert call(Host="evil.example:8000", Authorization="Bearer t0k")[0] == 421
     status, body = call(Host="127.0.0.1:8000")
@@ -187,30 +195,13 @@ def test_guard_middleware_refuses_foreign_hosts_and_missing_tokens():
 
 
 def test_guard_middleware_answers_browsers_only_from_its_own_or_named_origins():
-    import asyncio
-
     from cxrkit.serve.guard import GuardMiddleware, allowed_host_names
 
-    async def inner(scope, receive, send):
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    guard = GuardMiddleware(inner, allowed_hosts=allowed_host_names("127.0.0.1"),
+    guard = GuardMiddleware(_ok, allowed_hosts=allowed_host_names("127.0.0.1"),
                             allowed_origins=["https://Viewer.example:3000/"])
 
     def status(method="GET", **headers):
-        sent = []
-
-        async def send(message):
-            sent.append(message)
-
-        async def receive():
-            return {"type": "http.request", "body": b""}
-
-        scope = {"type": "http", "method": method, "path": "/datastore/",
-                 "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
-        asyncio.run(guard(scope, receive, send))
-        return sent[0]["status"]
+        return _asgi_call(guard, method, "/datastore/", **headers)[0]
 
     host = "127.0.0.1:8000"
     assert status(Host=host) == 200  # no Origin: Slicer, scripts, the review page's server
@@ -221,9 +212,9 @@ def test_guard_middleware_answers_browsers_only_from_its_own_or_named_origins():
     assert status(Host=host, Origin="null") == 403  # sandboxed frames, file:// pages
     assert status(Host=host, Origin="https://viewer.example:3000") == 200  # named with --allow_origin
     assert status(Host=host, Origin="http://viewer.example:3000") == 403  # another scheme is another origin
-    assert GuardMiddleware(inner).allowed_origins is None
+    assert GuardMiddleware(_ok).allowed_origins is None
     with pytest.raises(ValueError, match="not a web origin"):
-        GuardMiddleware(inner, allowed_origins=["viewer.example"])
+        GuardMiddleware(_ok, allowed_origins=["viewer.example"])
 
 
 def test_label_serve_passes_allowed_origins_and_refuses_a_malformed_one(tmp_path, capsys):
