@@ -25,7 +25,8 @@ def compare_cli(argv: list[str]) -> int:
     """``cxrkit compare ARGS`` through the subcommand's own parser."""
     parser = argparse.ArgumentParser(prog="cxrkit")
     compare_cmd.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["compare", *argv])
+    args, extra = parser.parse_known_args(["compare", *argv])
+    args.overrides = extra  # as cxrkit.cli.main hands them on: the dataset adapter's options
     return args.func(args)
 
 

@@ -32,6 +32,7 @@ from support.paths import shared_data
 
 STARTUP_TIMEOUT_S = 60.0
 REQUEST_TIMEOUT_S = 30.0
+REQUEST_DEADLINE_S = 5  # --request_timeout of the server: a request's head, and its body, must arrive by then
 TOKEN = "label-test-token"  # the server is started with --token: every request below carries it
 
 
@@ -83,7 +84,8 @@ def server(tiny_run, studies, tmp_path_factory):  # noqa: F811 - the imported fi
     work = tmp_path_factory.mktemp("label_app")
     log = (work / "server.log").open("wb")
     cmd = [sys.executable, "-m", "cxrkit", "label", "serve", str(tiny_run), "--studies", str(studies),
-           "--port", str(port), "--host", "127.0.0.1", "--app-dir", str(work / "app"), "--token", TOKEN]
+           "--port", str(port), "--host", "127.0.0.1", "--app-dir", str(work / "app"), "--token", TOKEN,
+           "--request_timeout", str(REQUEST_DEADLINE_S)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MONAI_LABEL_SESSION_PATH": str(work / "sessions")}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -203,6 +205,28 @@ def test_label_server_needs_its_token_and_its_own_host_name(server, tiny_run, st
     assert status == 403 and image.encode() not in body
     status, body, _ = _request(f"{base}/datastore/?output=all", headers={"Origin": base})
     assert status == 200 and image.encode() in body
+
+
+def test_label_server_closes_connections_that_send_their_request_slowly(server, tiny_run):  # noqa: F811
+    import socket
+
+    base, _ = server
+    port = int(base.rsplit(":", 1)[1])
+    # a head that never ends: before, the connection stayed open for ever (uvicorn has no such timeout)
+    with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT_S) as sock:
+        sock.sendall(b"GET /info/ HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        assert sock.recv(1024) == b""  # closed by the server (a hang would raise socket.timeout)
+    # a body that stops short: 408, the connection closed
+    head = (f"POST /infer/{tiny_run.name}?image=slow HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            "Content-Length: 1000\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT_S) as sock:
+        sock.sendall(head + b"--b\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within" in answer
+    assert _request(f"{base}/info/")[0] == 200  # and it keeps serving
 
 
 def test_label_server_applies_the_runs_calibration(server, tiny_run, studies, capsys):  # noqa: F811

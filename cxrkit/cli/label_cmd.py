@@ -7,7 +7,7 @@ import shlex
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from cxrkit.options import CommandFormatter, add_common, add_option, arg_type, integer
+    from cxrkit.options import CommandFormatter, add_common, add_option, arg_type, integer, number
 
     p = sub.add_parser(
         "label",
@@ -44,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                help="a web viewer's origin (https://viewer.example:3000) whose browser requests are answered; "
                "repeatable (default: only the server's own; requests without an Origin, e.g. 3D Slicer, are "
                "not affected)")
+    add_option(s, "--request_timeout", type=arg_type(number, minimum=0.1), default=None, metavar="S",
+               help="seconds a client may take to send a request's head, and its body (default 30; then the "
+               "connection is closed, or answered 408)")
     add_option(s, "--port", type=arg_type(integer, minimum=0, maximum=65535), default=8000,
                help="port (default: 8000)")
     add_option(s, "--app_dir", default=None, metavar="DIR",
@@ -88,7 +91,7 @@ def run_serve(args: argparse.Namespace) -> int:
             app = Path(args.app_dir).expanduser().resolve() if args.app_dir else default_app_dir()
             cmd = server_command(args.run_dirs, args.studies, app, host=args.host, port=args.port)
             env = server_env(app, base={}, host=args.host, token=token, origins=args.allow_origin,
-                             hosts=args.allow_host)
+                             hosts=args.allow_host, request_timeout=args.request_timeout)
             print(f"# `serve` first copies the app {APP_DIR} (main.py, lib/) to {app}")
             for key, value in env.items():
                 shown = "'<your token>'" if key == TOKEN_ENV else shlex.quote(value)
@@ -99,6 +102,6 @@ def run_serve(args: argparse.Namespace) -> int:
               flush=True)
         return serve(args.run_dirs, args.studies, host=args.host, port=args.port, app_dir=args.app_dir,
                      allow_remote=args.allow_remote, token=token, origins=args.allow_origin,
-                     hosts=args.allow_host)
+                     hosts=args.allow_host, request_timeout=args.request_timeout)
     except LabelServerError as exc:
         raise CLIError(str(exc), code=2 if isinstance(exc, ExposureError) else 1) from None

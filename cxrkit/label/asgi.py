@@ -7,7 +7,9 @@ guard (:class:`cxrkit.serve.guard.GuardMiddleware`) refuses requests whose
 from another web origin than the server's own or ``$CXRKIT_LABEL_ALLOWED_ORIGINS``
 (403; MONAI Label itself allows every origin by CORS) and, when
 ``$CXRKIT_LABEL_TOKEN`` is set, requests without ``Authorization: Bearer
-<token>`` (401). MONAI Label's own authentication (``MONAI_LABEL_AUTH_ENABLE``
+<token>`` (401), and a request body that takes longer than
+``$CXRKIT_LABEL_REQUEST_TIMEOUT`` seconds (408); :mod:`cxrkit.label.timeouts`
+closes connections whose request head takes longer. MONAI Label's own authentication (``MONAI_LABEL_AUTH_ENABLE``
 with a Keycloak realm) still applies behind it when configured.
 
 MONAI Label 0.8.5 answers ``POST /infer/{model}`` in an ``async`` endpoint that
@@ -31,6 +33,7 @@ from typing import Any, Iterator
 
 from monailabel.app import app as monailabel_app
 
+from cxrkit.label import timeouts
 from cxrkit.label.server import ALLOWED_HOSTS_ENV, ALLOWED_ORIGINS_ENV, TOKEN_ENV
 from cxrkit.serve.batching import QueueSettings
 from cxrkit.serve.guard import GuardMiddleware
@@ -131,6 +134,8 @@ def _allowed_origins() -> list[str]:
 
 
 _settings = QueueSettings.from_env()
+_timeout = timeouts.timeout_from_env()
+timeouts.install(_timeout)
 offload_infer(monailabel_app, Admission(max_pending=_settings.max_queue, threads=max(4, _settings.max_batch)))
 app = GuardMiddleware(monailabel_app, allowed_hosts=_allowed_hosts(), allowed_origins=_allowed_origins(),
-                      token=os.environ.get(TOKEN_ENV) or None)
+                      token=os.environ.get(TOKEN_ENV) or None, body_timeout=_timeout)

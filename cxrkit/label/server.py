@@ -15,8 +15,8 @@ needs ``Authorization: Bearer TOKEN``. Binding beyond loopback needs
 ``allow_remote=True`` (``--allow_remote``); :func:`exposure` says what is then
 exposed. uvicorn closes idle keep-alive connections after 5 s (its default,
 which MONAI Label keeps) and answers 503 beyond ``limit_concurrency``
-connections; MONAI Label offers no request-read timeout, so a server reachable
-from a network belongs behind a reverse proxy that enforces one.
+connections; neither has a request-read timeout, so :mod:`cxrkit.label.timeouts`
+adds one (``request_timeout``, ``$CXRKIT_LABEL_REQUEST_TIMEOUT``).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from cxrkit.label import APP_DIR
+from cxrkit.label.timeouts import TIMEOUT_ENV
 from cxrkit.serve.guard import allowed_host_names, is_loopback, normalise_origin
 
 __all__ = [
@@ -188,14 +189,16 @@ def server_command(
 
 
 def server_env(app: str | os.PathLike, base: Mapping[str, str] | None = None, *, host: str = "127.0.0.1",
-               token: str | None = None, origins: Sequence[str] = (), hosts: Sequence[str] = ()) -> dict[str, str]:
+               token: str | None = None, origins: Sequence[str] = (), hosts: Sequence[str] = (),
+               request_timeout: float | None = None) -> dict[str, str]:
     """The environment for the server: radiograph file types listed, sessions kept in the app folder,
     the host names to answer (:data:`ALLOWED_HOSTS_ENV`), the other web origins to answer
     (:data:`ALLOWED_ORIGINS_ENV`) and the token (:data:`TOKEN_ENV`).
 
     Values already set in ``base`` (default ``os.environ``) win, except the host names, which follow ``host``
-    (and ``hosts``, more names such as a reverse proxy's), the origins, which ``origins`` joins, and the token,
-    which ``token`` replaces when given.
+    (and ``hosts``, more names such as a reverse proxy's), the origins, which ``origins`` joins, and the token
+    and the request timeout (:data:`cxrkit.label.timeouts.TIMEOUT_ENV`), which ``token`` and
+    ``request_timeout`` replace when given.
 
     Raises:
         LabelServerError: an entry of ``origins`` is not an http(s) origin.
@@ -211,6 +214,8 @@ def server_env(app: str | os.PathLike, base: Mapping[str, str] | None = None, *,
     env[ALLOWED_ORIGINS_ENV] = ",".join(dict.fromkeys(given))
     if token:
         env[TOKEN_ENV] = token
+    if request_timeout is not None:
+        env[TIMEOUT_ENV] = f"{float(request_timeout):g}"
     return env
 
 
@@ -256,6 +261,7 @@ def serve(
     token: str | None = None,
     origins: Sequence[str] = (),
     hosts: Sequence[str] = (),
+    request_timeout: float | None = None,
 ) -> int:
     """Run the MONAI Label server in the foreground until it stops (Ctrl-C).
 
@@ -270,6 +276,7 @@ def serve(
         token: bearer token every request must carry (default ``$CXRKIT_LABEL_TOKEN``; None: none).
         origins: web origins besides the server's own whose browser requests are answered (a web viewer).
         hosts: more host names to answer to (a reverse proxy's public name).
+        request_timeout: seconds a request head, and its body, may take to arrive (default 30).
 
     Returns:
         The server's exit code.
@@ -286,7 +293,7 @@ def serve(
         )
     app = prepare_app(app_dir)
     cmd = server_command(bundles, studies, app, host=host, port=port, models=models)
-    env = server_env(app, host=host, token=token, origins=origins, hosts=hosts)
+    env = server_env(app, host=host, token=token, origins=origins, hosts=hosts, request_timeout=request_timeout)
     logger.info("starting: %s", " ".join(cmd))
     process = subprocess.Popen(cmd, env=env)
     try:

@@ -21,11 +21,13 @@ server (:mod:`cxrkit.label.asgi`):
 * **Tokens**: a shared secret compared in constant time (:func:`token_matches`).
 * **Paths**: error messages sent to clients never carry this computer's file
   paths (:func:`redact_paths`).
-* :class:`GuardMiddleware`: the host, origin and token checks as ASGI middleware.
+* **Slow bodies**: a request body must arrive within a deadline (``408``), see :func:`body_deadline`.
+* :class:`GuardMiddleware`: the host, origin, token and body-deadline checks as ASGI middleware.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import re
@@ -37,6 +39,8 @@ from urllib.parse import urlsplit
 __all__ = [
     "LOOPBACK_NAMES",
     "GuardMiddleware",
+    "RequestTimeout",
+    "body_deadline",
     "allowed_host_names",
     "host_allowed",
     "is_loopback",
@@ -175,6 +179,38 @@ Receive = Callable[[], Awaitable[Mapping[str, Any]]]
 Send = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 
+class RequestTimeout(Exception):
+    """The client did not send its request body within the deadline."""
+
+
+def body_deadline(receive: Receive, seconds: float) -> Receive:
+    """An ASGI ``receive`` whose request body must be complete within ``seconds`` of its first call.
+
+    After the body (and for messages other than ``http.request``, such as the wait
+    for a disconnect during a long answer) it is ``receive`` itself.
+
+    Raises:
+        RequestTimeout: from the returned function, when the body is late.
+    """
+    state: dict[str, Any] = {"deadline": None, "done": False}
+
+    async def timed() -> Mapping[str, Any]:
+        if state["done"]:
+            return await receive()
+        now = asyncio.get_running_loop().time()
+        if state["deadline"] is None:
+            state["deadline"] = now + seconds
+        try:
+            message = await asyncio.wait_for(receive(), max(0.0, state["deadline"] - now))
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"the request body did not arrive within {seconds:g} s") from None
+        if message.get("type") != "http.request" or not message.get("more_body", False):
+            state["done"] = True
+        return message
+
+    return timed
+
+
 class GuardMiddleware:
     """ASGI middleware: refuse unknown ``Host`` names (421), foreign origins (403) and missing tokens (401).
 
@@ -187,14 +223,17 @@ class GuardMiddleware:
             None: no origin check.
         token: the bearer token every request must carry (``Authorization: Bearer``); None: no token.
             CORS preflight requests (``OPTIONS``) need none: browsers never send credentials with them.
+        body_timeout: seconds a request body may take to arrive (``408`` after that); None: no limit.
 
     Raises:
         ValueError: an entry of ``allowed_origins`` is not an http(s) origin.
     """
 
     def __init__(self, app: Callable[..., Awaitable[None]], *, allowed_hosts: frozenset[str] | None = None,
-                 allowed_origins: Iterable[str] | None = None, token: str | None = None) -> None:
+                 allowed_origins: Iterable[str] | None = None, token: str | None = None,
+                 body_timeout: float | None = None) -> None:
         self.app = app
+        self.body_timeout = None if body_timeout is None else float(body_timeout)
         self.allowed_hosts = allowed_hosts
         self.allowed_origins = (None if allowed_origins is None
                                 else frozenset(normalise_origin(o) for o in allowed_origins))
@@ -224,7 +263,31 @@ class GuardMiddleware:
             return await self._refuse(scope, send, 401, "missing or wrong bearer token (send 'Authorization: "
                                       "Bearer TOKEN'; the review page: --token or $CXRKIT_LABEL_TOKEN)",
                                       {"www-authenticate": "Bearer"})
-        return await self.app(scope, receive, send)
+        if self.body_timeout is None or scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        timed = body_deadline(receive, self.body_timeout)
+        state = {"started": False, "late": None}
+
+        async def deadline_receive() -> Mapping[str, Any]:
+            try:
+                return await timed()
+            except RequestTimeout as exc:
+                state["late"] = exc
+                raise
+
+        async def forward(message: Mapping[str, Any]) -> None:
+            if state["late"] is not None and not state["started"]:
+                return  # the app's own answer to the timeout (a 500): the client gets the 408 below
+            state["started"] = state["started"] or message.get("type") == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, deadline_receive, forward)
+        except Exception:
+            if state["late"] is None or state["started"]:
+                raise
+        if state["late"] is not None and not state["started"]:
+            await self._refuse(scope, send, 408, str(state["late"]), {"connection": "close"})
 
     @staticmethod
     async def _refuse(scope: Scope, send: Send, status: int, detail: str, extra: dict[str, str]) -> None:
