@@ -29,7 +29,7 @@ from typing import Sequence
 
 from cxrkit import __version__
 
-__all__ = ["main", "build_parser", "COMMANDS"]
+__all__ = ["main", "build_parser", "COMMANDS", "CLIError", "adapter_options"]
 
 #: subcommand name -> module that defines ``add_parser``.
 COMMANDS: dict[str, str] = {
@@ -100,3 +100,20 @@ class CLIError(Exception):
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
         self.code = code
+
+
+def adapter_options(tokens: Sequence[str], allow_missing: bool = False) -> dict:
+    """The dataset adapter's options from a command's extra ``--name value`` arguments (and ``--allow_missing``).
+
+    Raises:
+        CLIError: a token that is not ``--name [value]`` (exit code 2).
+    """
+    from cxrkit.options import parse_overrides
+
+    try:
+        options = parse_overrides(tokens)
+    except ValueError as exc:
+        raise CLIError(f"{exc}; adapter options are --name value", code=2) from None
+    if allow_missing:
+        options["allow_missing"] = True
+    return options

@@ -64,19 +64,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cxrkit.cli import CLIError
+    from cxrkit.cli import CLIError, adapter_options
     from cxrkit.cli.table import format_table
     from cxrkit.data import DatasetError
     from cxrkit.experiment.compare import CompareError, CompareSettings, run_comparison
-    from cxrkit.options import parse_overrides
 
-    try:
-        options = parse_overrides(args.overrides)
-    except ValueError as exc:
-        raise CLIError(f"{exc}; adapter options are --name value", code=2) from None
-    if args.allow_missing:
-        options["allow_missing"] = True
-
+    options = adapter_options(args.overrides, args.allow_missing)
     settings = CompareSettings(
         dataset=args.dataset, dataset_dir=args.dataset_dir, task=args.task, plugins=[args.plugins], mode=args.mode,
         folds=args.folds, output_dir=args.output_dir, epochs=args.epochs, image_size=args.image_size,

@@ -66,8 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _dataset_and_options(args: argparse.Namespace) -> tuple[str, str, dict]:
     """``(dataset, dataset folder, adapter options)``; leading bare words are the old ``DATASET ROOT`` form."""
-    from cxrkit.cli import CLIError
-    from cxrkit.options import parse_overrides
+    from cxrkit.cli import CLIError, adapter_options
 
     tokens = list(args.overrides)
     legacy = []
@@ -79,10 +78,7 @@ def _dataset_and_options(args: argparse.Namespace) -> tuple[str, str, dict]:
         raise CLIError("give the dataset as --dataset NAME --dataset_dir DIR or as DATASET ROOT, not both", code=2)
     if root is None:
         raise CLIError("the dataset folder is required: --dataset_dir DIR", code=2)
-    try:
-        return dataset, root, parse_overrides(tokens)
-    except ValueError as exc:
-        raise CLIError(f"{exc}; adapter options are --name value", code=2) from None
+    return dataset, root, adapter_options(tokens, args.allow_missing)
 
 
 def _print_excluded(spec) -> None:
@@ -104,8 +100,6 @@ def run_check(args: argparse.Namespace) -> int:
     from cxrkit.registry import RegistryError
 
     dataset, root, options = _dataset_and_options(args)
-    if args.allow_missing:
-        options["allow_missing"] = True
     try:
         spec = load_dataset(dataset, root, args.task, **options)
     except (DatasetError, RegistryError) as exc:

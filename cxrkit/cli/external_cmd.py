@@ -51,18 +51,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cxrkit.api import external
     from cxrkit.bundle.runner import user_error
-    from cxrkit.cli import CLIError
+    from cxrkit.cli import CLIError, adapter_options
     from cxrkit.cli.table import format_table
-    from cxrkit.options import parse_overrides
     from cxrkit.report.report import evaluate_run
     from cxrkit.report.runfolder import RunFolderError, load_run
     from cxrkit.report.trust import with_ci
     from cxrkit.runfolder import RunPaths
 
-    try:
-        options = parse_overrides(args.overrides)
-    except ValueError as exc:
-        raise CLIError(f"{exc}; adapter options are --name value", code=2) from None
+    options = adapter_options(args.overrides)
     paths = RunPaths.of(args.run_dir)
     if not paths.evaluate_config.is_file():
         raise CLIError(f"{paths.root}: not a run folder (no configs/evaluate.yaml); pass the folder training wrote")
