@@ -56,6 +56,33 @@ def test_background_writer_keeps_order_bounds_pending_jobs_and_raises_errors_onc
         BackgroundWriter(max_pending=0)
 
 
+def test_a_full_disk_is_named_as_such_and_reaches_the_user(tmp_path):
+    """torch reports a full disk as an 'enforce fail' of its zip writer; the OSError is only in the chain."""
+    import errno
+
+    from cxrkit.bundle.runner import user_error
+    from cxrkit.engine.background import DiskFullError
+
+    def torch_like_failure():
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 271954624 vs 271954516")
+
+    writer = BackgroundWriter()
+    writer.submit(torch_like_failure, "checkpoint_last.pt")
+    with pytest.raises(DiskFullError, match="no space left on the disk while writing checkpoint_last.pt") as info:
+        writer.wait()
+    assert info.value.errno == errno.ENOSPC and "--resume RUN_DIR" in str(info.value)
+    wrapped = RuntimeError("Failed to evaluate ConfigExpression")
+    wrapped.__cause__ = info.value
+    assert user_error(wrapped) is info.value  # `cxrkit run` shows it in one line, no traceback
+    writer.submit(lambda: 1 / 0, "other")
+    with pytest.raises(ZeroDivisionError):  # other errors stay as they are
+        writer.wait()
+    writer.close()
+
+
 def test_background_save_writes_the_state_of_the_moment_it_was_taken(tmp_path):
     writer = BackgroundWriter()
     gate = threading.Event()

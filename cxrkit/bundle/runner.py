@@ -51,10 +51,12 @@ def workflow_name(workflow: str) -> str:
 def user_error(exc: BaseException) -> BaseException | None:
     """The user-facing cause of a bundle failure (bad option, missing file...), unwrapping MONAI's errors."""
     from cxrkit.data import DatasetError
+    from cxrkit.engine.background import DiskFullError
     from cxrkit.registry import RegistryError
     from cxrkit.weights import WeightError
 
-    wanted = (ValueError, FileNotFoundError, RegistryError, KeyError, TypeError, WeightError, DatasetError)
+    wanted = (ValueError, FileNotFoundError, RegistryError, KeyError, TypeError, WeightError, DatasetError,
+              DiskFullError)
     seen = set()
     found = None
     current: BaseException | None = exc

@@ -12,13 +12,16 @@ computes) and the job writes the file (atomically, see
 CPU tensors and load on any machine.
 
 A failed write is raised by the next :meth:`BackgroundWriter.submit` or by
-:meth:`BackgroundWriter.wait` (the run's last save waits), so no error is lost.
+:meth:`BackgroundWriter.wait` (the run's last save waits), so no error is lost;
+a full disk is raised as :class:`DiskFullError`, which says so (torch reports it
+as an ``enforce fail`` of its zip writer, the ``OSError`` only in the chain).
 At most ``max_pending`` jobs are queued or running; a further one waits for
 the oldest, which bounds the memory the copies take.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,9 +29,29 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-__all__ = ["BackgroundWriter", "snapshot", "to_host"]
+__all__ = ["BackgroundWriter", "DiskFullError", "snapshot", "to_host"]
 
 logger = logging.getLogger(__name__)
+
+
+class DiskFullError(OSError):
+    """A file could not be written because its disk (or the user's quota) is full."""
+
+
+def disk_full(exc: BaseException, name: str) -> DiskFullError | None:
+    """A :class:`DiskFullError` naming ``name`` when ``exc`` or an error in its chain is ENOSPC / EDQUOT."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            full = DiskFullError(f"no space left on the disk while writing {name}: free some space (or choose "
+                                 "another --output_dir), then continue the run with --resume RUN_DIR; the "
+                                 "checkpoints written before are kept")
+            full.errno = current.errno
+            return full
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _map(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
@@ -194,7 +217,10 @@ class BackgroundWriter:
             with self._lock:
                 if entry in self._jobs:
                     self._jobs.remove(entry)
-            logger.error("writing %s failed: %s", name, exc)
+            full = disk_full(exc, name)
+            logger.error("writing %s failed: %s", name, full or exc)
+            if full is not None:
+                raise full from exc
             raise
         with self._lock:
             if entry in self._jobs:
