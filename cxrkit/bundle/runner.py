@@ -183,7 +183,8 @@ def _drop_empty_run_folder(flow: Any) -> None:
     """A training that failed before writing anything (bad data, a missing weight file) leaves no empty folder."""
     from cxrkit.runfolder import RunPaths
 
-    paths = flow.parser.ref_resolver.resolved_content.get("run_paths")
+    resolved = getattr(getattr(flow.parser, "ref_resolver", None), "resolved_content", None) or {}
+    paths = resolved.get("run_paths")  # only if the run got as far as choosing its folder
     if not isinstance(paths, RunPaths) or paths.resuming:
         return
     try:

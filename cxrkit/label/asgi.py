@@ -9,8 +9,9 @@ from another web origin than the server's own or ``$CXRKIT_LABEL_ALLOWED_ORIGINS
 ``$CXRKIT_LABEL_TOKEN`` is set, requests without ``Authorization: Bearer
 <token>`` (401), and a request body that takes longer than
 ``$CXRKIT_LABEL_REQUEST_TIMEOUT`` seconds (408); :mod:`cxrkit.label.timeouts`
-closes connections whose request head takes longer. MONAI Label's own authentication (``MONAI_LABEL_AUTH_ENABLE``
-with a Keycloak realm) still applies behind it when configured.
+closes connections whose request head takes longer. MONAI Label's own
+authentication (``MONAI_LABEL_AUTH_ENABLE`` with a Keycloak realm) still
+applies behind it when configured.
 
 MONAI Label 0.8.5 answers ``POST /infer/{model}`` in an ``async`` endpoint that
 runs the whole inference on the event loop, so one request at a time holds up
