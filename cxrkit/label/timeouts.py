@@ -121,4 +121,6 @@ def install(seconds: float) -> list[str]:
             _patch(cls)
         cls._cxrkit_timeout = float(seconds)
         patched.append(class_name)
+    if not patched:
+        logger.warning("uvicorn's HTTP protocol classes were not found: connections get no request timeout")
     return patched
