@@ -35,7 +35,7 @@ from typing import Any, Iterator
 from monailabel.app import app as monailabel_app
 
 from cxrkit.label import timeouts
-from cxrkit.label.server import ALLOWED_HOSTS_ENV, ALLOWED_ORIGINS_ENV, TOKEN_ENV
+from cxrkit.label.server import ALLOWED_HOSTS_ENV, ALLOWED_ORIGINS_ENV, TOKEN_ENV, listed
 from cxrkit.serve.batching import QueueSettings
 from cxrkit.serve.guard import GuardMiddleware
 
@@ -124,19 +124,11 @@ def offload_infer(fastapi_app: Any, admission: Admission) -> None:
     routes.insert(0, routes.pop())  # first: it answers, the original is never reached
 
 
-def _allowed_hosts() -> frozenset[str] | None:
-    value = os.environ.get(ALLOWED_HOSTS_ENV, "")
-    names = frozenset(n.strip().lower() for n in value.split(",") if n.strip())
-    return names or None
-
-
-def _allowed_origins() -> list[str]:
-    return [o.strip() for o in os.environ.get(ALLOWED_ORIGINS_ENV, "").split(",") if o.strip()]
-
-
 _settings = QueueSettings.from_env()
 _timeout = timeouts.timeout_from_env()
 timeouts.install(_timeout)
 offload_infer(monailabel_app, Admission(max_pending=_settings.max_queue, threads=max(4, _settings.max_batch)))
-app = GuardMiddleware(monailabel_app, allowed_hosts=_allowed_hosts(), allowed_origins=_allowed_origins(),
+_hosts = frozenset(name.lower() for name in listed(os.environ.get(ALLOWED_HOSTS_ENV)))
+app = GuardMiddleware(monailabel_app, allowed_hosts=_hosts or None,
+                      allowed_origins=listed(os.environ.get(ALLOWED_ORIGINS_ENV)),
                       token=os.environ.get(TOKEN_ENV) or None, body_timeout=_timeout)

@@ -52,6 +52,7 @@ __all__ = [
     "default_app_dir",
     "exposure",
     "free_port",
+    "listed",
     "monailabel_available",
     "prepare_app",
     "serve",
@@ -188,6 +189,11 @@ def server_command(
     return cmd
 
 
+def listed(value: str | None) -> list[str]:
+    """The entries of a comma-separated environment value (``$CXRKIT_LABEL_ALLOWED_HOSTS``...), blanks dropped."""
+    return [entry.strip() for entry in (value or "").split(",") if entry.strip()]
+
+
 def server_env(app: str | os.PathLike, base: Mapping[str, str] | None = None, *, host: str = "127.0.0.1",
                token: str | None = None, origins: Sequence[str] = (), hosts: Sequence[str] = (),
                request_timeout: float | None = None) -> dict[str, str]:
@@ -208,7 +214,7 @@ def server_env(app: str | os.PathLike, base: Mapping[str, str] | None = None, *,
     env.setdefault("MONAI_LABEL_SESSION_PATH", str(Path(app) / "sessions"))
     env[ALLOWED_HOSTS_ENV] = ",".join(sorted(allowed_host_names(host, hosts)))
     try:
-        given = [normalise_origin(o) for o in [*env.get(ALLOWED_ORIGINS_ENV, "").split(","), *origins] if o.strip()]
+        given = [normalise_origin(o) for o in [*listed(env.get(ALLOWED_ORIGINS_ENV)), *origins]]
     except ValueError as exc:
         raise LabelServerError(f"--allow_origin: {exc}") from None
     env[ALLOWED_ORIGINS_ENV] = ",".join(dict.fromkeys(given))
