@@ -218,6 +218,24 @@ def shortcut_runs(tmp_path_factory):
                                         "data": {k: str(v) for k, v in data.items()}}))
         record = json.loads(done.read_text())
     return {**{k: Path(v) for k, v in record["runs"].items()}, "data": {k: Path(v) for k, v in record["data"].items()}}
+# ---- servers' token files -----------------------------------------------------------------------------------
+@pytest.fixture(autouse=True, scope="session")
+def runtime_dir(tmp_path_factory):
+    """Token files of the label servers the tests start go to a temporary folder (clients find them there)."""
+    import os
+
+    from cxrkit.label.tokens import RUNTIME_ENV
+
+    path = tmp_path_factory.mktemp("runtime")
+    old = os.environ.get(RUNTIME_ENV)
+    os.environ[RUNTIME_ENV] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop(RUNTIME_ENV, None)
+    else:
+        os.environ[RUNTIME_ENV] = old
+
+
 # ---- bundles ----------------------------------------------------------------------------------------------
 @pytest.fixture(autouse=True, scope="session")
 def bundle_cache(tmp_path_factory):

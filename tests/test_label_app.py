@@ -143,9 +143,9 @@ def test_serving_beyond_this_computer_needs_allow_remote_and_says_what_it_expose
 
     with pytest.raises(ExposureError):
         serve([run], studies, host="192.0.2.1")
-    text = exposure("0.0.0.0", 8000, studies, ["run"], token=False)
-    assert "every computer that can reach this one" in text and "WITHOUT authentication" in text
-    assert "Bearer" in exposure("127.0.0.1", 8000, studies, ["run"], token=True)
+    text = exposure("0.0.0.0", 8000, studies, ["run"])
+    assert "every computer that can reach this one" in text and "Bearer" in text and "no model upload" in text
+    assert "model upload and delete" in exposure("127.0.0.1", 8000, studies, ["run"], allow_admin=True)
 
 
 def _asgi_call(app, method="GET", path="/info/", **headers):
@@ -226,7 +226,7 @@ def test_label_serve_passes_allowed_origins_and_refuses_a_malformed_one(tmp_path
     out = capsys.readouterr().out
     assert "export CXRKIT_LABEL_ALLOWED_ORIGINS=https://viewer.example:3000,http://b.example" in out
     assert main([*base, "--allow-host", "xray.hospital.example"]) == 0
-    hosts = next(line for line in capsys.readouterr().out.splitlines() if "CXRKIT_LABEL_ALLOWED_HOSTS=" in line)
+    hosts = next(line for line in capsys.readouterr().out.splitlines() if "CXRKIT_LABEL_PROXY_HOSTS=" in line)
     assert "xray.hospital.example" in hosts.split("=", 1)[1].split(",")
     assert main([*base, "--allow_origin", "viewer.example"]) == 1
     err = capsys.readouterr().err

@@ -115,9 +115,10 @@ def test_admission_refuses_beyond_its_bound_with_retry_after():
 
 
 # ---- the real server -----------------------------------------------------------------------------------------
-def _post(url: str, timeout: float = 120.0) -> tuple[int, dict, dict]:
+def _post(url: str, token: str, timeout: float = 120.0) -> tuple[int, dict, dict]:
     request = urllib.request.Request(url, data=b"params=%7B%7D", method="POST",
-                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+                                     headers={"Content-Type": "application/x-www-form-urlencoded",
+                                              "Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             return answer.status, dict(answer.headers), json.loads(answer.read())
@@ -130,7 +131,7 @@ def slow_server(tiny_run, tmp_path_factory):
     """The label server on the tiny run whose inference worker waits 3 s to fill a batch and admits 2 requests."""
     from support.label import make_studies, require_label_python
 
-    from cxrkit.label.server import BackgroundServer
+    from cxrkit.label.background import BackgroundServer
 
     python = require_label_python()
     work = tmp_path_factory.mktemp("slow-server")
@@ -147,10 +148,11 @@ def test_info_answers_while_an_infer_request_is_in_flight(slow_server):
     done = threading.Event()
     answer: list = []
     infer = threading.Thread(target=lambda: (answer.append(_post(f"{server.url}/infer/{model}?image={images[0]}"
-                                                                 "&output=json")), done.set()))
+                                                                 "&output=json", server.token)), done.set()))
     infer.start()
     time.sleep(1.0)  # the request is now waiting for its batch (3 s)
-    with urllib.request.urlopen(f"{server.url}/info/", timeout=60) as info:
+    with urllib.request.urlopen(urllib.request.Request(f"{server.url}/info/", headers=server.headers),
+                                timeout=60) as info:
         assert info.status == 200 and model in json.load(info)["models"]
     assert not done.is_set(), "/info/ was answered only after the infer request"
     infer.join(60)
@@ -161,7 +163,8 @@ def test_requests_beyond_the_bound_get_503_with_retry_after(slow_server):
     server, model, images = slow_server
     results: list = []
     threads = [threading.Thread(target=lambda i=i: results.append(
-        _post(f"{server.url}/infer/{model}?image={images[i % len(images)]}&output=json"))) for i in range(6)]
+        _post(f"{server.url}/infer/{model}?image={images[i % len(images)]}&output=json", server.token)))
+        for i in range(6)]
     for t in threads:
         t.start()
     for t in threads:
@@ -184,7 +187,7 @@ def test_the_load_benchmark_measures_the_server(label_server):
     server, run, studies = label_server
     images = sorted(p.stem for p in studies.glob("*.png"))
     results = measure(server.url, server.process.pid, model_name(run.resolve()), images, clients=8, requests=40,
-                      sequential=5, deadline_s=120)
+                      sequential=5, deadline_s=120, token=server.token)
     assert results["sequential"]["answered"] == 5 and results["sequential"]["failed"] == 0
     many = results["concurrent"]
     assert many["answered"] == 40 and many["failed"] == 0 and many["unanswered"] == 0

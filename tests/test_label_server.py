@@ -18,7 +18,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,8 @@ import pytest
 pytest.importorskip("monailabel", reason="MONAI Label is not installed: pip install -e \".[label]\"")
 
 from cxrkit.cli import main  # noqa: E402
-from cxrkit.label.server import free_port  # noqa: E402
+from cxrkit.label.process import free_port  # noqa: E402
+from support.label import multipart
 from support.paths import shared_data
 
 STARTUP_TIMEOUT_S = 60.0
@@ -47,19 +47,6 @@ def _request(url: str, data: bytes | None = None, headers: dict | None = None,
         return exc.code, exc.read(), exc.headers.get("content-type", "")
 
 
-def _multipart(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> tuple[bytes, dict]:
-    boundary = uuid.uuid4().hex
-    body = io.BytesIO()
-    for name, value in fields.items():
-        body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for name, (filename, content) in files.items():
-        body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                   "Content-Type: application/octet-stream\r\n\r\n".encode())
-        body.write(content + b"\r\n")
-    body.write(f"--{boundary}--\r\n".encode())
-    return body.getvalue(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-
-
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory) -> Path:
     """A studies folder of links to real radiographs: PNGs, a coronahack JPEG and the DX DICOM."""
@@ -74,6 +61,7 @@ def studies(tmp_path_factory) -> Path:
     ]
     for src in sources:
         (folder / src.name).symlink_to(src)
+    (folder / "corrupt.png").write_bytes(np.random.default_rng(0).bytes(4096))  # listed, unreadable
     return folder
 
 
@@ -121,7 +109,7 @@ def server(tiny_run, studies, tmp_path_factory):  # noqa: F811 - the imported fi
 
 
 def _infer(base: str, model: str, image: str, params: dict | None = None, output: str = "json"):
-    body, headers = _multipart({"params": json.dumps(params or {})}, {})
+    body, headers = multipart({"params": json.dumps(params or {})}, {})
     query = urllib.parse.urlencode({"image": image, "output": output})
     return _request(f"{base}/infer/{model}?{query}", data=body, headers=headers)
 
@@ -150,11 +138,15 @@ def test_label_server_classifies_like_cxrkit_predict(server, tiny_run, studies, 
         assert scores == pytest.approx(local["probabilities"], abs=1e-4), path.name
         assert answer["predicted"]["label"] == local["label"]
 
-    # a request for an unknown image and a corrupt upload are the client's mistakes: 4xx, server keeps going
+    # an unknown image, an upload and a corrupt datastore image are the client's mistakes: 4xx, server keeps going
     status, body, _ = _infer(base, model, "no-such-image")
-    assert status == 404 and "no-such-image" in json.loads(body)["detail"]
-    junk, headers = _multipart({"params": "{}"}, {"file": ("upload.png", np.random.default_rng(0).bytes(4096))})
+    assert status == 404 and "no such image in the datastore" in json.loads(body)["detail"]
+    junk, headers = multipart({"params": "{}"}, {"file": ("upload.png", np.random.default_rng(0).bytes(4096))})
     status, body, _ = _request(f"{base}/infer/{model}?output=json", data=junk, headers=headers)
+    assert status == 404  # no ?image=: an upload is never read
+    status, body, _ = _request(f"{base}/infer/{model}?image={files[0].stem}&output=json", data=junk, headers=headers)
+    assert status == 403 and "uploads" in json.loads(body)["detail"]
+    status, body, _ = _infer(base, model, "corrupt")
     assert status == 422 and "cannot be read" in json.loads(body)["detail"]
     assert "/tmp" not in json.loads(body)["detail"] and str(studies) not in json.loads(body)["detail"]
     status, _, _ = _infer(base, "no-such-model", files[0].name.split(".")[0])
@@ -189,7 +181,7 @@ def test_label_server_needs_its_token_and_its_own_host_name(server, tiny_run, st
     image = next(studies.glob("*.png")).name.split(".")[0]
     status, body, _ = _infer(base, tiny_run.name, image)  # the right token (the default of _request)
     assert status == 200
-    body, headers = _multipart({"params": "{}"}, {})
+    body, headers = multipart({"params": "{}"}, {})
     status, _, _ = _request(f"{base}/infer/{tiny_run.name}?image={image}", data=body, headers=headers, token=None)
     assert status == 401
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
@@ -207,17 +199,18 @@ def test_label_server_needs_its_token_and_its_own_host_name(server, tiny_run, st
     assert status == 200 and image.encode() in body
 
 
-def test_label_server_closes_connections_that_send_their_request_slowly(server, tiny_run):  # noqa: F811
+def test_label_server_closes_connections_that_send_their_request_slowly(server, tiny_run, studies):  # noqa: F811
     import socket
 
     base, _ = server
+    image = next(studies.glob("*.png")).stem  # an image of the datastore: the route is checked before the body
     port = int(base.rsplit(":", 1)[1])
     # a head that never ends: before, the connection stayed open for ever (uvicorn has no such timeout)
     with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT_S) as sock:
         sock.sendall(b"GET /info/ HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         assert sock.recv(1024) == b""  # closed by the server (a hang would raise socket.timeout)
     # a body that stops short: 408, the connection closed
-    head = (f"POST /infer/{tiny_run.name}?image=slow HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    head = (f"POST /infer/{tiny_run.name}?image={image} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Authorization: Bearer {TOKEN}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             "Content-Length: 1000\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT_S) as sock:

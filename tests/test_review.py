@@ -133,7 +133,7 @@ def test_client_forwards_the_bearer_token_and_explains_401(monkeypatch):
     try:
         monkeypatch.setenv("CXRKIT_LABEL_TOKEN", "s3cret")
         assert LabelClient(url).datastore() == {"objects": {}}
-        with pytest.raises(ReviewError, match="requires authentication: pass --token"):
+        with pytest.raises(ReviewError, match="requires its token: pass --token"):
             LabelClient(url, token="wrong").datastore()
         assert seen == ["Bearer s3cret", "Bearer wrong"]
     finally:

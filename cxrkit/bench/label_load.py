@@ -98,8 +98,9 @@ def _rss_mb(pid: int) -> float:
 class _Client:
     """One keep-alive HTTP connection to the server."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, token: str | None, timeout: float) -> None:
         parts = urlsplit(url)
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.host, self.port, self.timeout = parts.hostname or "127.0.0.1", parts.port or 80, timeout
         self.conn: http.client.HTTPConnection | None = None
 
@@ -110,7 +111,7 @@ class _Client:
         elif timeout is not None and self.conn.sock is not None:
             self.conn.sock.settimeout(timeout)
         try:
-            self.conn.request(method, path, body=body, headers=headers or {})
+            self.conn.request(method, path, body=body, headers={**self.auth, **(headers or {})})
             answer = self.conn.getresponse()
             return answer.status, answer.read()
         except BaseException:
@@ -142,8 +143,8 @@ def _summary(latencies: list[float], elapsed: float, requests: int) -> dict[str,
             "max_s": max(latencies) if latencies else None}
 
 
-def _sequential(url: str, model: str, images: list[str], requests: int) -> dict[str, Any]:
-    client, latencies, failed = _Client(url, 60.0), [], 0
+def _sequential(url: str, token: str | None, model: str, images: list[str], requests: int) -> dict[str, Any]:
+    client, latencies, failed = _Client(url, token, 60.0), [], 0
     started = time.monotonic()
     for i in range(requests):
         t = time.monotonic()
@@ -158,7 +159,7 @@ def _sequential(url: str, model: str, images: list[str], requests: int) -> dict[
     return result
 
 
-def _concurrent(url: str, model: str, images: list[str], clients: int, requests: int,
+def _concurrent(url: str, token: str | None, model: str, images: list[str], clients: int, requests: int,
                 deadline_s: float) -> dict[str, Any]:
     lock = threading.Lock()
     issued = [0]
@@ -168,7 +169,7 @@ def _concurrent(url: str, model: str, images: list[str], clients: int, requests:
     deadline = started + deadline_s
 
     def worker() -> None:
-        client = _Client(url, deadline_s)
+        client = _Client(url, token, deadline_s)
         while True:
             with lock:
                 if issued[0] >= requests or time.monotonic() >= deadline:
@@ -206,9 +207,9 @@ def _concurrent(url: str, model: str, images: list[str], clients: int, requests:
 class _Monitor(threading.Thread):
     """``GET /info/`` every ``interval`` seconds (a fresh connection each time) and the server's memory."""
 
-    def __init__(self, url: str, pid: int, interval: float = 0.5) -> None:
+    def __init__(self, url: str, token: str | None, pid: int, interval: float = 0.5) -> None:
         super().__init__(daemon=True)
-        self.url, self.pid, self.interval = url, pid, interval
+        self.url, self.token, self.pid, self.interval = url, token, pid, interval
         self.latencies: list[float] = []
         self.failures = 0
         self.peak_mb = 0.0
@@ -217,7 +218,7 @@ class _Monitor(threading.Thread):
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            client = _Client(self.url, 10.0)
+            client = _Client(self.url, self.token, 10.0)
             t = time.monotonic()
             try:
                 status, body = client.call("GET", "/info/")
@@ -241,7 +242,7 @@ class _Monitor(threading.Thread):
 
 # ---- the measurement --------------------------------------------------------------------------------------------
 def measure(url: str, pid: int, model: str, images: list[str], clients: int = 50, requests: int = 300,
-            sequential: int = 30, deadline_s: float = 120.0) -> dict[str, Any]:
+            sequential: int = 30, deadline_s: float = 120.0, token: str | None = None) -> dict[str, Any]:
     """Warm up, then one client one request at a time, then ``clients`` at once, ``/info/`` watched throughout.
 
     Args:
@@ -253,18 +254,19 @@ def measure(url: str, pid: int, model: str, images: list[str], clients: int = 50
         requests: infer requests under load.
         sequential: requests of the one-at-a-time phase.
         deadline_s: the load phase's time limit; requests not answered by then count as unanswered.
+        token: the server's bearer token, sent with every request.
     """
-    warm = _Client(url, 120.0)
+    warm = _Client(url, token, 120.0)
     for image in images[:3]:  # the first request loads the model
         warm.infer(model, image)
     warm.close()
     before_mb = _rss_mb(pid)
     logger.info("one client, %d requests one at a time", sequential)
-    one = _sequential(url, model, images, sequential)
-    monitor = _Monitor(url, pid)
+    one = _sequential(url, token, model, images, sequential)
+    monitor = _Monitor(url, token, pid)
     monitor.start()
     logger.info("%d clients, %d requests (deadline %.0f s)", clients, requests, deadline_s)
-    many = _concurrent(url, model, images, clients, requests, deadline_s)
+    many = _concurrent(url, token, model, images, clients, requests, deadline_s)
     time.sleep(1.0)
     monitor.stop()
     time.sleep(2.0)  # let the server settle
@@ -351,7 +353,7 @@ def _image_size(run: Path) -> int | None:
 def _load_test(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from importlib.metadata import version
 
-    from cxrkit.label.server import BackgroundServer
+    from cxrkit.label.background import BackgroundServer
     from cxrkit.serve.batching import QueueSettings
 
     if args.run_dir:
@@ -369,7 +371,8 @@ def _load_test(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         model = model_name(run.resolve())
         results = measure(server.url, server.process.pid, model, images, clients=args.clients,
-                          requests=args.requests, sequential=args.sequential, deadline_s=args.deadline)
+                          requests=args.requests, sequential=args.sequential, deadline_s=args.deadline,
+                          token=server.token)
     finally:
         server.stop()
     queue = QueueSettings.from_env()

@@ -37,8 +37,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_option(s, "--allow_remote", action="store_true",
                help="allow a --host other computers can reach (prints what that exposes; use --token)")
     add_option(s, "--token", default=None,
-               help="bearer token every request must carry (default $CXRKIT_LABEL_TOKEN; `cxrkit review` "
-               "sends the same variable)")
+               help="bearer token every request must carry, also on this computer (default $CXRKIT_LABEL_TOKEN, "
+               "else a random one, printed once; `cxrkit review` run by you on this computer finds it)")
+    add_option(s, "--allow_admin", action="store_true",
+               help="also open MONAI Label's routes beyond review (model upload and delete, training, datastore "
+               "uploads, logs, sessions, ...) to token holders (default: refused with 403)")
+    add_option(s, "--max_body_mb", type=arg_type(number, minimum=0.001), default=None, metavar="MB",
+               help="the largest request body in MiB (default 64: one radiograph of any format; 413 above it)")
     add_common(s, "allow_host")
     add_option(s, "--allow_origin", action="append", default=[], metavar="ORIGIN",
                help="a web viewer's origin (https://viewer.example:3000) whose browser requests are answered; "
@@ -73,7 +78,6 @@ def run_serve(args: argparse.Namespace) -> int:
     from cxrkit.cli import CLIError
     from cxrkit.label import APP_DIR
     from cxrkit.label.server import (
-        TOKEN_ENV,
         ExposureError,
         LabelServerError,
         check_exposure,
@@ -83,25 +87,33 @@ def run_serve(args: argparse.Namespace) -> int:
         server_command,
         server_env,
     )
+    from cxrkit.label.tokens import TOKEN_ENV, new_token, token_file
 
-    token = args.token or os.environ.get(TOKEN_ENV) or None
+    given = args.token or os.environ.get(TOKEN_ENV) or None
+    token = given or new_token()
     try:
         check_exposure(args.host, args.allow_remote)
         if args.dry_run:
             app = Path(args.app_dir).expanduser().resolve() if args.app_dir else default_app_dir()
             cmd = server_command(args.run_dirs, args.studies, app, host=args.host, port=args.port)
             env = server_env(app, base={}, host=args.host, token=token, origins=args.allow_origin,
-                             hosts=args.allow_host, request_timeout=args.request_timeout)
+                             hosts=args.allow_host, request_timeout=args.request_timeout,
+                             allow_admin=args.allow_admin, max_body_mb=args.max_body_mb)
             print(f"# `serve` first copies the app {APP_DIR} (main.py, lib/) to {app}")
             for key, value in env.items():
                 shown = "'<your token>'" if key == TOKEN_ENV else shlex.quote(value)
                 print(f"export {key}={shown}")
             print(shlex.join(cmd))
             return 0
-        print(exposure(args.host, args.port, args.studies, [Path(r).name for r in args.run_dirs], bool(token)),
-              flush=True)
+        print(exposure(args.host, args.port, args.studies, [Path(r).name for r in args.run_dirs],
+                       allow_admin=args.allow_admin), flush=True)
+        if given is None:
+            print(f"token (made now; send 'Authorization: Bearer TOKEN'): {token}\n`cxrkit review --server "
+                  f"http://127.0.0.1:{args.port}` run by you on this computer reads it from {token_file(args.port)} "
+                  "(readable by you only)", flush=True)
         return serve(args.run_dirs, args.studies, host=args.host, port=args.port, app_dir=args.app_dir,
                      allow_remote=args.allow_remote, token=token, origins=args.allow_origin,
-                     hosts=args.allow_host, request_timeout=args.request_timeout)
+                     hosts=args.allow_host, request_timeout=args.request_timeout, allow_admin=args.allow_admin,
+                     max_body_mb=args.max_body_mb)
     except LabelServerError as exc:
         raise CLIError(str(exc), code=2 if isinstance(exc, ExposureError) else 1) from None

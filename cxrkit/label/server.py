@@ -9,11 +9,15 @@ command and environment (``cxrkit label serve --dry-run`` prints them).
 
 The server runs MONAI Label's FastAPI app behind cxrkit's guard
 (:mod:`cxrkit.label.asgi`, passed as ``--uvicorn_app``): requests whose
-``Host`` header does not name this server are refused (DNS rebinding), and
-with a token (``token=`` / ``--token`` / ``$CXRKIT_LABEL_TOKEN``) every request
-needs ``Authorization: Bearer TOKEN``. Binding beyond loopback needs
-``allow_remote=True`` (``--allow_remote``); :func:`exposure` says what is then
-exposed. uvicorn closes idle keep-alive connections after 5 s (its default,
+``Host`` header does not name this server and its port are refused (DNS
+rebinding), every request needs ``Authorization: Bearer TOKEN`` (``--token``,
+``$CXRKIT_LABEL_TOKEN``, or a random token made at start, see
+:mod:`cxrkit.label.tokens`), only the routes review needs are open
+(:mod:`cxrkit.label.routes`; ``--allow_admin`` opens the rest to token
+holders), and request bodies are limited in size (``--max_body_mb``).
+Binding beyond loopback needs ``allow_remote=True`` (``--allow_remote``);
+:func:`exposure` says what is then exposed. SIGINT, SIGTERM and SIGHUP stop
+MONAI Label's whole process group (:mod:`cxrkit.label.process`). uvicorn closes idle keep-alive connections after 5 s (its default,
 which MONAI Label keeps) and answers 503 beyond ``limit_concurrency``
 connections; neither has a request-read timeout, so :mod:`cxrkit.label.timeouts`
 adds one (``request_timeout``, ``$CXRKIT_LABEL_REQUEST_TIMEOUT``).
@@ -21,37 +25,37 @@ adds one (``request_timeout``, ``$CXRKIT_LABEL_REQUEST_TIMEOUT``).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from cxrkit.label import APP_DIR
+from cxrkit.label.process import Stopped, start_group, stop_group, stop_signals
+from cxrkit.label.routes import ADMIN_ENV
 from cxrkit.label.timeouts import TIMEOUT_ENV
+from cxrkit.label.tokens import TOKEN_ENV, new_token, remove_token, write_token
 from cxrkit.serve.guard import allowed_host_names, is_loopback, normalise_origin
 
 __all__ = [
     "ALLOWED_HOSTS_ENV",
     "ALLOWED_ORIGINS_ENV",
-    "BackgroundServer",
     "ASGI_APP",
     "DATASTORE_EXTENSIONS",
+    "DEFAULT_MAX_BODY_MB",
     "ExposureError",
     "LIMIT_CONCURRENCY",
     "LabelServerError",
+    "MAX_BODY_ENV",
+    "PROXY_HOSTS_ENV",
     "TOKEN_ENV",
     "check_exposure",
     "default_app_dir",
     "exposure",
-    "free_port",
     "listed",
     "monailabel_available",
     "prepare_app",
@@ -64,10 +68,14 @@ logger = logging.getLogger(__name__)
 
 #: files of a studies folder the server lists (MONAI_LABEL_DATASTORE_FILE_EXT).
 DATASTORE_EXTENSIONS = ("*.png", "*.jpg", "*.jpeg", "*.dcm", "*.nii.gz", "*.nii")
-#: the bearer token the server requires (also what ``cxrkit review`` sends).
-TOKEN_ENV = "CXRKIT_LABEL_TOKEN"
-#: comma-separated host names the server answers (set by :func:`server_env`).
+#: comma-separated host names the server answers on its own port (set by :func:`server_env`).
 ALLOWED_HOSTS_ENV = "CXRKIT_LABEL_ALLOWED_HOSTS"
+#: comma-separated host names of a reverse proxy in front, answered on any port (``--allow_host``).
+PROXY_HOSTS_ENV = "CXRKIT_LABEL_PROXY_HOSTS"
+#: the largest request body in MiB (``--max_body_mb``).
+MAX_BODY_ENV = "CXRKIT_LABEL_MAX_BODY_MB"
+#: default body limit: one radiograph of any format (a 4k x 4k 16-bit DICOM is 32 MiB) with room to spare.
+DEFAULT_MAX_BODY_MB = 64.0
 #: comma-separated web origins besides the server's own whose browser requests are answered.
 ALLOWED_ORIGINS_ENV = "CXRKIT_LABEL_ALLOWED_ORIGINS"
 #: the ASGI app uvicorn serves: MONAI Label's app behind cxrkit's guard.
@@ -87,8 +95,6 @@ class ExposureError(LabelServerError):
 
 def monailabel_available() -> bool:
     """Whether MONAI Label is installed here (``pip install -e ".[label]"``)."""
-    import importlib.util
-
     return importlib.util.find_spec("monailabel") is not None
 
 
@@ -196,15 +202,17 @@ def listed(value: str | None) -> list[str]:
 
 def server_env(app: str | os.PathLike, base: Mapping[str, str] | None = None, *, host: str = "127.0.0.1",
                token: str | None = None, origins: Sequence[str] = (), hosts: Sequence[str] = (),
-               request_timeout: float | None = None) -> dict[str, str]:
+               request_timeout: float | None = None, allow_admin: bool = False,
+               max_body_mb: float | None = None) -> dict[str, str]:
     """The environment for the server: radiograph file types listed, sessions kept in the app folder,
     the host names to answer (:data:`ALLOWED_HOSTS_ENV`), the other web origins to answer
     (:data:`ALLOWED_ORIGINS_ENV`) and the token (:data:`TOKEN_ENV`).
 
     Values already set in ``base`` (default ``os.environ``) win, except the host names, which follow ``host``
-    (and ``hosts``, more names such as a reverse proxy's), the origins, which ``origins`` joins, and the token
-    and the request timeout (:data:`cxrkit.label.timeouts.TIMEOUT_ENV`), which ``token`` and
-    ``request_timeout`` replace when given.
+    (and ``hosts``, a reverse proxy's names, :data:`PROXY_HOSTS_ENV`), the origins, which ``origins`` joins,
+    the token, the request timeout (:data:`cxrkit.label.timeouts.TIMEOUT_ENV`) and the body limit
+    (:data:`MAX_BODY_ENV`), which ``token``, ``request_timeout`` and ``max_body_mb`` replace when given, and the
+    admin switch (:data:`cxrkit.label.routes.ADMIN_ENV`), which ``allow_admin`` sets: ``1`` or ``0``.
 
     Raises:
         LabelServerError: an entry of ``origins`` is not an http(s) origin.
@@ -212,7 +220,9 @@ def server_env(app: str | os.PathLike, base: Mapping[str, str] | None = None, *,
     env = dict(os.environ if base is None else base)
     env.setdefault("MONAI_LABEL_DATASTORE_FILE_EXT", json.dumps(list(DATASTORE_EXTENSIONS)))
     env.setdefault("MONAI_LABEL_SESSION_PATH", str(Path(app) / "sessions"))
-    env[ALLOWED_HOSTS_ENV] = ",".join(sorted(allowed_host_names(host, hosts)))
+    env[ALLOWED_HOSTS_ENV] = ",".join(sorted(allowed_host_names(host)))
+    env[PROXY_HOSTS_ENV] = ",".join(sorted({h.strip("[]").lower() for h in hosts if h}))
+    env[ADMIN_ENV] = "1" if allow_admin else "0"
     try:
         given = [normalise_origin(o) for o in [*listed(env.get(ALLOWED_ORIGINS_ENV)), *origins]]
     except ValueError as exc:
@@ -222,6 +232,8 @@ def server_env(app: str | os.PathLike, base: Mapping[str, str] | None = None, *,
         env[TOKEN_ENV] = token
     if request_timeout is not None:
         env[TIMEOUT_ENV] = f"{float(request_timeout):g}"
+    if max_body_mb is not None:
+        env[MAX_BODY_ENV] = f"{float(max_body_mb):g}"
     return env
 
 
@@ -236,20 +248,21 @@ def check_exposure(host: str, allow_remote: bool) -> None:
     raise ExposureError(
         f"--host {host} would let other computers reach this MONAI Label server: list and download every "
         "radiograph of --studies, run the served models and read their predictions and Grad-CAM maps, and write "
-        "labels into the datastore. Pass --allow_remote (allow_remote=True) to do that, with --token TOKEN (or "
-        f"${TOKEN_ENV}) so that every request needs 'Authorization: Bearer TOKEN' (see docs/clinician-review.md, "
-        "'Security'); or leave --host at 127.0.0.1."
+        "review labels into the datastore (with its token). Pass --allow_remote (allow_remote=True) to do that; "
+        "a random token is made unless --token TOKEN (or $" + TOKEN_ENV + ") gives one (see "
+        "docs/clinician-review.md, 'Security'); or leave --host at 127.0.0.1."
     )
 
 
-def exposure(host: str, port: int, studies: str | os.PathLike, models: Sequence[str], token: bool) -> str:
+def exposure(host: str, port: int, studies: str | os.PathLike, models: Sequence[str], *,
+             allow_admin: bool = False) -> str:
     """What a server bound to ``host`` exposes, in words (printed by ``cxrkit label serve``)."""
     where = "this computer only" if is_loopback(host) else "every computer that can reach this one"
-    guard = ("every request needs 'Authorization: Bearer TOKEN'" if token else
-             "WITHOUT authentication (pass --token or set $" + TOKEN_ENV + ")")
-    text = (f"MONAI Label on {host}:{port}, reachable from {where}: the radiographs of {studies} (list, download), "
-            f"the models {', '.join(models) or '-'} (predictions, Grad-CAM) and writing labels into the "
-            f"datastore; {guard}.")
+    text = (f"MONAI Label on {host}:{port}, reachable from {where}, to holders of its token only (every request "
+            f"needs 'Authorization: Bearer TOKEN'): the radiographs of {studies} (list, download), the models "
+            f"{', '.join(models) or '-'} (predictions, Grad-CAM) and saving review labels into the datastore")
+    text += ("; --allow_admin: also every other MONAI Label route (model upload and delete, training, datastore "
+             "uploads, ...)." if allow_admin else "; nothing else (no model upload, training or datastore upload).")
     if not is_loopback(host):
         text += " Traffic is plain HTTP: use a trusted network or an HTTPS reverse proxy."
     return text
@@ -268,8 +281,14 @@ def serve(
     origins: Sequence[str] = (),
     hosts: Sequence[str] = (),
     request_timeout: float | None = None,
+    allow_admin: bool = False,
+    max_body_mb: float | None = None,
 ) -> int:
-    """Run the MONAI Label server in the foreground until it stops (Ctrl-C).
+    """Run the MONAI Label server in the foreground until it stops, or a stop signal ends it.
+
+    SIGINT (Ctrl-C), SIGTERM and SIGHUP stop MONAI Label's whole process group and wait for it. While the server
+    runs, its URL and token are in a file only this user can read (:func:`cxrkit.label.tokens.write_token`),
+    where ``cxrkit review`` finds the token.
 
     Args:
         bundles: run folders to serve.
@@ -279,13 +298,15 @@ def serve(
         app_dir: working copy of the app (default :func:`default_app_dir`).
         models: names of bundles under the app's ``model/`` folder.
         allow_remote: allow a ``host`` other computers can reach.
-        token: bearer token every request must carry (default ``$CXRKIT_LABEL_TOKEN``; None: none).
+        token: bearer token every request must carry (default ``$CXRKIT_LABEL_TOKEN``, else a random one, logged).
         origins: web origins besides the server's own whose browser requests are answered (a web viewer).
-        hosts: more host names to answer to (a reverse proxy's public name).
+        hosts: host names of a reverse proxy in front (answered on any port).
         request_timeout: seconds a request head, and its body, may take to arrive (default 30).
+        allow_admin: open MONAI Label's routes beyond review (model upload and delete, training, ...).
+        max_body_mb: the largest request body in MiB (default :data:`DEFAULT_MAX_BODY_MB`).
 
     Returns:
-        The server's exit code.
+        The server's exit code (0 after a stop signal).
 
     Raises:
         LabelServerError: MONAI Label is not installed, a non-loopback host without
@@ -297,102 +318,23 @@ def serve(
             "MONAI Label is not installed in this environment; install the extra with "
             '`pip install -e ".[label]"` (monailabel 0.8.5 with pydicom 2.4.4)'
         )
+    if token is None:
+        token = os.environ.get(TOKEN_ENV) or new_token()
+        logger.warning("token of this server: %s", token)
     app = prepare_app(app_dir)
     cmd = server_command(bundles, studies, app, host=host, port=port, models=models)
-    env = server_env(app, host=host, token=token, origins=origins, hosts=hosts, request_timeout=request_timeout)
+    env = server_env(app, host=host, token=token, origins=origins, hosts=hosts, request_timeout=request_timeout,
+                     allow_admin=allow_admin, max_body_mb=max_body_mb)
     logger.info("starting: %s", " ".join(cmd))
-    process = subprocess.Popen(cmd, env=env)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
+    with stop_signals():
+        process = start_group(cmd, env)
+        token_path = write_token(f"http://{f'[{host}]' if ':' in host else host}:{port}", port, token, process.pid)
         try:
-            return process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
             return process.wait()
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class BackgroundServer:
-    """``monailabel start_server`` with cxrkit's app in the background on a loopback port (benchmarks, tests).
-
-    Args:
-        bundles: run folders to serve.
-        studies: a folder of radiographs.
-        workdir: where the app's working copy and the server's log go.
-        python: the interpreter with monailabel (default: this one).
-        env: extra environment variables for the server.
-
-    Attributes:
-        url: ``http://127.0.0.1:PORT``.
-        python: the server's interpreter.
-        log: the server's output.
-        process: the server process (its own process group).
-    """
-
-    def __init__(self, bundles: Sequence[str | os.PathLike], studies: str | os.PathLike, workdir: str | os.PathLike,
-                 python: str | None = None, env: Mapping[str, str] | None = None) -> None:
-        workdir = Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        app = prepare_app(workdir / "app")
-        python = python or sys.executable
-        self.cmd = server_command(list(bundles), studies, app, host="127.0.0.1", port=self.port, python=python)
-        self.env = server_env(app)
-        self.env.update(env or {})
-        self.env["PATH"] = f"{Path(python).parent}{os.pathsep}{self.env.get('PATH', '')}"
-        self.python = python
-        self.log = workdir / f"monailabel-{self.port}.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 180.0) -> "BackgroundServer":
-        """Start the server and wait until ``/info/`` answers.
-
-        Raises:
-            LabelServerError: the server exited or did not answer in ``timeout`` seconds (the log's end attached).
-        """
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise LabelServerError(f"MONAI Label exited ({self.process.returncode}):\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/info/", timeout=2) as answer:
-                    json.load(answer)
-                return self
-            except OSError:
-                time.sleep(0.5)
-        self.stop()
-        raise LabelServerError(f"MONAI Label did not answer in {timeout:.0f} s:\n{self.tail()}")
-
-    def tail(self, chars: int = 3000) -> str:
-        """The end of the server's log."""
-        return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else ""
-
-    def stop(self) -> None:
-        """End the server's process group (SIGTERM, then SIGKILL after 15 s)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        group = os.getpgid(self.process.pid)
-        os.killpg(group, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(group, signal.SIGKILL)
-            self.process.wait(timeout=15)
-
-    def __enter__(self) -> "BackgroundServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        except Stopped as stop:
+            logger.info("%s: stopping MONAI Label", stop)
+            stop_group(process)
+            return 0
+        finally:
+            stop_group(process)
+            remove_token(token_path)

@@ -2,8 +2,9 @@
 
 Only what the review page needs: list the datastore, download an image, run a
 classification infer task and save a label with its ``params`` through
-``PUT /datastore/label``. A bearer token (``--token`` / ``$CXRKIT_LABEL_TOKEN``)
-is forwarded for servers started with ``MONAI_LABEL_AUTH_ENABLE=true``.
+``PUT /datastore/label``. The bearer token (``--token``, ``$CXRKIT_LABEL_TOKEN``, or
+for a server this user started on this computer its token file,
+:func:`cxrkit.label.tokens.find_token`) is sent with every request.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ from urllib.error import HTTPError, URLError
 from urllib.parse import quote, urlencode, urlsplit
 from urllib.request import Request, urlopen
 
+from cxrkit.label.tokens import TOKEN_ENV, find_token
+
 __all__ = ["LabelClient", "ReviewError", "TOKEN_ENV"]
 
 logger = logging.getLogger(__name__)
-
-#: environment variable holding the bearer token forwarded to MONAI Label.
-TOKEN_ENV = "CXRKIT_LABEL_TOKEN"
 
 
 class ReviewError(RuntimeError):
@@ -34,7 +34,8 @@ class LabelClient:
 
     Args:
         url: the server, e.g. ``http://127.0.0.1:8000``.
-        token: bearer token (default ``$CXRKIT_LABEL_TOKEN``; none when unset).
+        token: bearer token (default ``$CXRKIT_LABEL_TOKEN``, else the token file of a local server started by this
+            user, else none).
         timeout: seconds per request (infer calls get ``infer_timeout``).
         infer_timeout: seconds for one infer call.
 
@@ -49,7 +50,7 @@ class LabelClient:
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ReviewError(f"--server {url!r} is not a MONAI Label URL; pass e.g. http://127.0.0.1:8000")
         self.url = url.rstrip("/")
-        self.token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+        self.token = token if token is not None else os.environ.get(TOKEN_ENV) or find_token(self.url)
         self.timeout = float(timeout)
         self.infer_timeout = float(infer_timeout)
 
@@ -76,10 +77,10 @@ class LabelClient:
                 return response.read(), response.headers.get("Content-Type", "")
         except HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:300]
-            if exc.code in (401, 403):
+            if exc.code == 401:
                 raise ReviewError(
-                    f"{method} {where}: HTTP {exc.code}; the MONAI Label server requires authentication: pass "
-                    f"--token (or set ${TOKEN_ENV}) with a token of a user holding the needed role"
+                    f"{method} {where}: HTTP {exc.code}; the MONAI Label server requires its token: pass --token (or "
+                    f"set ${TOKEN_ENV}) with the token `cxrkit label serve` printed at start ({detail[:120]})"
                 ) from None
             raise ReviewError(f"{method} {where}: HTTP {exc.code}: {detail}") from None
         except (URLError, OSError) as exc:

@@ -22,7 +22,8 @@ server (:mod:`cxrkit.label.asgi`):
 * **Paths**: error messages sent to clients never carry this computer's file
   paths (:func:`redact_paths`).
 * **Slow bodies**: a request body must arrive within a deadline (``408``), see :func:`body_deadline`.
-* :class:`GuardMiddleware`: the host, origin, token and body-deadline checks as ASGI middleware.
+* **Large bodies**: a request body larger than a limit is refused (``413``), see :func:`body_limit`.
+* :class:`GuardMiddleware`: the host, origin, token, body-size and body-deadline checks as ASGI middleware.
 """
 
 from __future__ import annotations
@@ -39,14 +40,17 @@ from urllib.parse import urlsplit
 __all__ = [
     "LOOPBACK_NAMES",
     "GuardMiddleware",
+    "BodyTooLarge",
     "RequestTimeout",
     "body_deadline",
+    "body_limit",
     "allowed_host_names",
     "host_allowed",
     "is_loopback",
     "is_wildcard",
     "normalise_origin",
     "redact_paths",
+    "refuse",
     "same_origin",
     "split_host",
     "token_matches",
@@ -183,6 +187,29 @@ class RequestTimeout(Exception):
     """The client did not send its request body within the deadline."""
 
 
+class BodyTooLarge(Exception):
+    """The client sent a request body larger than the limit."""
+
+
+def body_limit(receive: Receive, max_bytes: int) -> Receive:
+    """An ASGI ``receive`` that counts the request body and raises once it exceeds ``max_bytes``.
+
+    Raises:
+        BodyTooLarge: from the returned function, on the chunk that crosses the limit.
+    """
+    state = {"seen": 0}
+
+    async def counted() -> Mapping[str, Any]:
+        message = await receive()
+        if message.get("type") == "http.request":
+            state["seen"] += len(message.get("body", b""))
+            if state["seen"] > max_bytes:
+                raise BodyTooLarge(f"the request body is larger than {max_bytes} bytes")
+        return message
+
+    return counted
+
+
 def body_deadline(receive: Receive, seconds: float) -> Receive:
     """An ASGI ``receive`` whose request body must be complete within ``seconds`` of its first call.
 
@@ -212,7 +239,8 @@ def body_deadline(receive: Receive, seconds: float) -> Receive:
 
 
 class GuardMiddleware:
-    """ASGI middleware: refuse unknown ``Host`` names (421), foreign origins (403) and missing tokens (401).
+    """ASGI middleware: refuse unknown ``Host`` names or ports (421), foreign origins (403), missing tokens (401),
+    bodies over a size limit (413) and bodies that arrive too late (408).
 
     Args:
         app: the ASGI app to protect.
@@ -224,6 +252,12 @@ class GuardMiddleware:
         token: the bearer token every request must carry (``Authorization: Bearer``); None: no token.
             CORS preflight requests (``OPTIONS``) need none: browsers never send credentials with them.
         body_timeout: seconds a request body may take to arrive (``408`` after that); None: no limit.
+        max_body: the largest request body in bytes (``413`` above it, from ``Content-Length`` before reading, or
+            while reading a body sent without one); None: no limit.
+        check_port: also refuse a ``Host`` header whose port is not the one the request arrived on (the ASGI
+            ``server`` of the request), as the review page does; names in ``proxy_hosts`` are exempt.
+        proxy_hosts: host names of a reverse proxy in front (``--allow_host``): answered on any port, since the
+            proxy's port is not this server's.
 
     Raises:
         ValueError: an entry of ``allowed_origins`` is not an http(s) origin.
@@ -231,9 +265,15 @@ class GuardMiddleware:
 
     def __init__(self, app: Callable[..., Awaitable[None]], *, allowed_hosts: frozenset[str] | None = None,
                  allowed_origins: Iterable[str] | None = None, token: str | None = None,
-                 body_timeout: float | None = None) -> None:
+                 body_timeout: float | None = None, max_body: int | None = None, check_port: bool = False,
+                 proxy_hosts: Iterable[str] = ()) -> None:
         self.app = app
         self.body_timeout = None if body_timeout is None else float(body_timeout)
+        if max_body is not None and int(max_body) < 1:
+            raise ValueError(f"max_body must be a positive number of bytes, got {max_body}")
+        self.max_body = None if max_body is None else int(max_body)
+        self.check_port = bool(check_port)
+        self.proxy_hosts = frozenset(n.strip("[]").lower() for n in proxy_hosts if n)
         self.allowed_hosts = allowed_hosts
         self.allowed_origins = (None if allowed_origins is None
                                 else frozenset(normalise_origin(o) for o in allowed_origins))
@@ -247,13 +287,25 @@ class GuardMiddleware:
         except ValueError:  # "null" (sandboxed frames, file:// pages) and garbage
             return False
 
+    def _host_allowed(self, scope: Scope, header: str | None) -> bool:
+        if self.allowed_hosts is None:
+            return True
+        try:
+            if header and split_host(header)[0] in self.proxy_hosts:
+                return True
+        except ValueError:
+            return False
+        server = scope.get("server") or (None, None)
+        port = server[1] if self.check_port and len(server) > 1 else None
+        return host_allowed(header, self.allowed_hosts, port)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if self.allowed_hosts is not None and not host_allowed(headers.get("host"), self.allowed_hosts):
-            return await self._refuse(scope, send, 421, "unknown host name: this server answers only the names "
-                                      "it was started for", {})
+        if not self._host_allowed(scope, headers.get("host")):
+            return await self._refuse(scope, send, 421, "unknown host name or port: this server answers only the "
+                                      "names and the port it was started for", {})
         if not self._origin_allowed(headers.get("origin"), headers.get("host")):
             return await self._refuse(scope, send, 403, "cross-site request refused: the page's origin is not "
                                       "this server (a web viewer on another origin needs `cxrkit label serve "
@@ -263,39 +315,57 @@ class GuardMiddleware:
             return await self._refuse(scope, send, 401, "missing or wrong bearer token (send 'Authorization: "
                                       "Bearer TOKEN'; the review page: --token or $CXRKIT_LABEL_TOKEN)",
                                       {"www-authenticate": "Bearer"})
-        if self.body_timeout is None or scope["type"] != "http":
+        if scope["type"] != "http" or (self.body_timeout is None and self.max_body is None):
             return await self.app(scope, receive, send)
-        timed = body_deadline(receive, self.body_timeout)
-        state = {"started": False, "late": None}
+        if self.max_body is not None:
+            declared = headers.get("content-length", "").strip()
+            if declared and (not declared.isdigit() or int(declared) > self.max_body):
+                return await self._refuse(scope, send, 413, f"the request body is larger than {self.max_body} "
+                                          "bytes (the server's --max_body_mb)", {"connection": "close"})
+            receive = body_limit(receive, self.max_body)
+        if self.body_timeout is not None:
+            receive = body_deadline(receive, self.body_timeout)
+        await self._guard_body(scope, receive, send)
 
-        async def deadline_receive() -> Mapping[str, Any]:
+    async def _guard_body(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the app; a body that is late (408) or too large (413) replaces the app's own answer to it."""
+        state: dict[str, Any] = {"started": False, "refused": None}
+
+        async def checked_receive() -> Mapping[str, Any]:
             try:
-                return await timed()
-            except RequestTimeout as exc:
-                state["late"] = exc
+                return await receive()
+            except (RequestTimeout, BodyTooLarge) as exc:
+                state["refused"] = exc
                 raise
 
         async def forward(message: Mapping[str, Any]) -> None:
-            if state["late"] is not None and not state["started"]:
-                return  # the app's own answer to the timeout (a 500): the client gets the 408 below
+            if state["refused"] is not None and not state["started"]:
+                return  # the app's own answer to the refusal (a 500): the client gets the 408 / 413 below
             state["started"] = state["started"] or message.get("type") == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, deadline_receive, forward)
+            await self.app(scope, checked_receive, forward)
         except Exception:
-            if state["late"] is None or state["started"]:
+            if state["refused"] is None or state["started"]:
                 raise
-        if state["late"] is not None and not state["started"]:
-            await self._refuse(scope, send, 408, str(state["late"]), {"connection": "close"})
+        refused = state["refused"]
+        if refused is not None and not state["started"]:
+            status = 408 if isinstance(refused, RequestTimeout) else 413
+            await self._refuse(scope, send, status, str(refused), {"connection": "close"})
 
     @staticmethod
     async def _refuse(scope: Scope, send: Send, status: int, detail: str, extra: dict[str, str]) -> None:
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        body = json.dumps({"detail": detail}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        headers += [(k.encode(), v.encode()) for k, v in extra.items()]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await refuse(scope, send, status, detail, extra)
+
+
+async def refuse(scope: Scope, send: Send, status: int, detail: str, extra: Mapping[str, str] | None = None) -> None:
+    """Answer an ASGI request ``status`` with ``{"detail": detail}`` (a websocket: close it, code 1008)."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

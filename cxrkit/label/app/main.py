@@ -17,7 +17,6 @@ params adds a Grad-CAM label image.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Dict
 
 from fastapi import HTTPException
@@ -31,6 +30,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 
 import cxrkit
+from cxrkit.label.routes import valid_image_id
 from cxrkit.serve.batching import QueueFullError
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,10 @@ class CXRKitApp(MONAILabelApp):
         logger.info("DICOM SEG tools not needed for classification; nothing downloaded")
 
     def infer(self, request: Dict[str, Any], datastore: Any = None) -> Dict[str, Any]:
-        """Run one classification; unknown models or images and unreadable files are 4xx answers.
+        """Run one classification of a datastore image; unknown models or images and unreadable files are 4xx answers.
+
+        ``request["image"]`` must be the id of an image in the datastore: a file path is never opened, whether it
+        exists or not.
 
         Raises:
             fastapi.HTTPException: 404 for an unknown model or image id, 422 for an unreadable image, 503 (with
@@ -103,16 +106,17 @@ class CXRKitApp(MONAILabelApp):
                 status_code=404, detail=f"no model {model!r}; this server has {', '.join(self._infers) or 'none'}"
             )
         image = request.get("image")
-        if isinstance(image, str) and not os.path.exists(image):
-            store = datastore or self.datastore()
+        store = datastore or self.datastore()
+        uri = ""
+        if isinstance(image, str) and valid_image_id(image):
             try:
-                known = bool(store.get_image_uri(image))
+                uri = store.get_image_uri(image)
             except Exception:  # noqa: BLE001 - a remote store may fail for an unknown id in many ways
-                logger.info("image id %r not found", image, exc_info=True)
-                known = False
-            if not known:
-                detail = f"no image {image!r} in the datastore; GET /datastore/?output=all lists them"
-                raise HTTPException(status_code=404, detail=detail)
+                logger.info("an image id was not found", exc_info=True)
+        if not uri:  # never a path from the client: the same answer whatever exists on disk
+            raise HTTPException(status_code=404, detail="no such image in the datastore; GET /datastore/?output=all "
+                                "lists them")
+        request = {**request, "image": uri}
         try:
             return super().infer(request, datastore)
         except ImageInputError as exc:
