@@ -32,7 +32,7 @@ def ci_cell(text: str) -> tuple[float, float]:
 def check_table5(rows: list[list[str]], y: np.ndarray, pred: np.ndarray, classes: list[str]) -> None:
     labels = list(range(len(classes)))
     p, r, f, s = precision_recall_fscore_support(y, pred, labels=labels, zero_division=0)
-    assert rows[0] == ["Class", "Precision", "Recall", "F1", "Support"]
+    assert rows[0] == ["Class", "Precision", "Sensitivity", "F1", "Support"]
     for k, cls in enumerate(classes):
         assert rows[1 + k][0] == cls
         assert [float(v) for v in rows[1 + k][1:4]] == pytest.approx([p[k], r[k], f[k]], abs=5e-5)
