@@ -49,6 +49,7 @@ __all__ = [
     "predicted_class",
     "check_inputs",
     "evaluate",
+    "metric",
     "record",
     "record_keys",
     "headline_auc_key",
@@ -239,6 +240,27 @@ def evaluate(y_true: np.ndarray, y_prob: np.ndarray, y_pred: np.ndarray | None =
         for how in spec.averages:
             out[f"{how}_{spec.name}"] = _average(values, tally.support, how)
     return out
+
+
+def metric(name: str, y_true: np.ndarray, y_prob: np.ndarray, y_pred: np.ndarray | None = None, *,
+           weights: np.ndarray | None = None) -> np.ndarray:
+    """One metric of :data:`METRICS` (no averages), e.g. the accuracy of each calibration bin.
+
+    Args:
+        name: the metric's name (``accuracy``, ``sensitivity``...).
+        y_true, y_prob, y_pred, weights: as for :func:`evaluate`.
+
+    Returns:
+        ``(B,)`` or, per class, ``(B, C)`` values.
+
+    Raises:
+        ValueError: no such metric, or invalid inputs.
+    """
+    specs = {spec.name: spec for spec in METRICS}
+    if name not in specs:
+        raise ValueError(f"no metric {name!r}; choose one of {', '.join(specs)}")
+    y_true, y_prob, y_pred = check_inputs(y_true, y_prob, y_pred)
+    return specs[name].compute(Tally(y_true, y_prob, y_pred, weights))
 
 
 def headline_auc_key(classes: Sequence[str], positive: int | None) -> str:
