@@ -47,7 +47,7 @@ class RunEvaluation:
     Attributes:
         run: the run folder.
         positive: positive class index in use, or None (one-vs-rest for every class).
-        metrics: scikit-learn point estimates on the evaluated predictions.
+        metrics: the point estimates (:mod:`cxrkit.metrics`) on the evaluated predictions.
         labels: headline key -> display label.
         point: headline key -> point estimate.
         intervals: headline key -> bootstrap interval; None when the bootstrap is off.
