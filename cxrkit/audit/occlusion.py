@@ -127,7 +127,7 @@ class Condition:
         direction: ``baseline``, ``keep_lungs`` or ``remove_lungs``.
         fill: ``none``, ``donor`` or ``blur``.
         accuracy: share predicted right.
-        balanced_accuracy: mean recall over the classes.
+        balanced_accuracy: mean sensitivity over the classes present.
         changed: share of predictions that differ from the unoccluded image's.
         follows_donor: share predicted as the donor's class where it differs from the image's (donor fill only).
         predicted_share: share of images predicted as each class (a collapse shows here).
