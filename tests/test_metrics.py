@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 from monai.engines import SupervisedEvaluator
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, recall_score
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import (accuracy_score, confusion_matrix, precision_recall_fscore_support, recall_score,
+                             roc_auc_score)
 
 from cxrkit.engine.distributed import shard_safe_metrics
 from cxrkit.engine.loaders import prepare_batch
@@ -38,9 +38,10 @@ def run_evaluator(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]
                                                       loss_function=torch.nn.CrossEntropyLoss()))
     loader = [{"image": logits[i:i + batch_size], "label": labels[i:i + batch_size]}
               for i in range(0, len(labels), batch_size)]
-    evaluator = SupervisedEvaluator(device=torch.device("cpu"), val_data_loader=loader, network=torch.nn.Identity(),
-                                    prepare_batch=prepare_batch, key_val_metric=pick_metrics(found, "val_accuracy", True),
-                                    additional_metrics=pick_metrics(found, "val_accuracy", False), decollate=False)
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"), val_data_loader=loader, network=torch.nn.Identity(), prepare_batch=prepare_batch,
+        key_val_metric=pick_metrics(found, "val_accuracy", True),
+        additional_metrics=pick_metrics(found, "val_accuracy", False), decollate=False)  # as validate.yaml attaches
     evaluator.run()
     return dict(evaluator.state.metrics)
 
@@ -207,6 +208,6 @@ def test_a_runs_metrics_json_report_and_bootstrap_agree(tiny_run, tmp_path):
     headline_rows = next(rows for title, rows in md_tables(md).items() if title.startswith("Headline metrics"))[0]
     ev = evaluate_run(run, bootstrap=0)
     source = splits[-1][1] if ev.split == splits[-1][0] else splits[0][1]
-    for (label, value, _), key in zip(headline_rows[1:], ev.labels):
+    for (label, value, _), key in zip(headline_rows[1:], ev.labels, strict=True):
         expected = source[key]
         assert value == "n/a" if math.isnan(expected) else float(value) == pytest.approx(expected, abs=5e-5), label
