@@ -30,6 +30,8 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from cxrkit.metrics import metric
+
 __all__ = [
     "CALIBRATION_FILE",
     "DEFAULT_BINS",
@@ -90,13 +92,14 @@ def reliability_bins(y_true: Any, y_prob: Any, bins: int = DEFAULT_BINS) -> dict
     """
     p = _probs(y_prob)
     y = np.asarray(y_true, dtype=int)
-    conf, pred = p.max(axis=1), p.argmax(axis=1)
+    conf = p.max(axis=1)
     edges = np.linspace(0.0, 1.0, int(bins) + 1)
     which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, int(bins) - 1)
     count = np.bincount(which, minlength=int(bins)).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         confidence = np.bincount(which, weights=conf, minlength=int(bins)) / count
-        accuracy = np.bincount(which, weights=(pred == y).astype(float), minlength=int(bins)) / count
+    # each bin is one weighted set: its images count, the others do not (cxrkit.metrics' accuracy)
+    accuracy = metric("accuracy", y, p, weights=which[None, :] == np.arange(int(bins))[:, None])
     return {"edges": edges, "count": count, "confidence": confidence, "accuracy": accuracy}
 
 

@@ -339,7 +339,7 @@ def test_full_bundle_run_with_monai_runner_then_evaluate_and_infer(tmp_path):
     assert metrics["best_metric"] == "val_accuracy" and metrics["best_epoch"] == 1
     row = metrics["epochs"][0]
     for key in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "lr", "time_s",
-                "val_precision/COVID", "val_recall/Normal", "val_specificity/COVID", "val_f1/Normal"):
+                "val_precision/COVID", "val_sensitivity/Normal", "val_specificity/COVID", "val_f1/Normal"):
         assert key in row, key
     assert row["lr"] == 0.001
     summary = json.loads((run / "summary.json").read_text())

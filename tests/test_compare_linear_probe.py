@@ -98,7 +98,7 @@ def test_linear_probe_run_folder_is_complete_and_predictions_are_the_models(isol
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["classes"] == ["COVID", "Normal"] and metrics["positive_class"] == "COVID"
     assert [r["epoch"] for r in metrics["epochs"]] == [1, 2]
-    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "val_recall/COVID"):
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "val_sensitivity/COVID"):
         assert all(np.isfinite(r[key]) for r in metrics["epochs"]), key
     meta = json.loads((run_dir / "configs" / "metadata.json").read_text())
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "COVID", "1": "Normal"}

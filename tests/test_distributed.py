@@ -22,7 +22,7 @@ import torch
 from cxrkit.cli import main
 from cxrkit.engine.distributed import (NullSummaryWriter, ShardedEpochSampler, all_gather_uneven, run_paths,
                                        shard_safe_metrics, summary_writer)
-from cxrkit.engine.metrics import ROCAUC, classification_metrics
+from cxrkit.engine.metrics import ClassificationScores, classification_metrics
 from support.paths import REPO, shared_data
 
 
@@ -68,10 +68,11 @@ def test_single_process_helpers_are_no_ops(tmp_path):
     paths = run_paths(tmp_path / "run", "random", False)
     assert paths.root == (tmp_path / "run").resolve() and paths.root.is_dir()
     metrics = shard_safe_metrics(classification_metrics(["A", "B"], positive_index=1))
-    auc = metrics["val_auc"]
-    assert isinstance(auc, ROCAUC) and type(auc).__name__ == "ShardedROCAUC"
-    auc.update((torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.2, 0.1]]), torch.tensor([1, 0, 1])))
-    assert auc.compute() == pytest.approx(1.0)
+    scores = metrics["val_auc"].args[0]  # every key reads one epoch-level metric, which gathers unequal shards
+    assert isinstance(scores, ClassificationScores) and scores.gather is all_gather_uneven
+    assert all(m.args[0] is scores for k, m in metrics.items() if k != "val_loss")
+    scores.update((torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.2, 0.1]]), torch.tensor([1, 0, 1])))
+    assert metrics["val_auc"].compute() == pytest.approx(1.0)
 
 
 # ---- two processes through torchrun (gloo) ---------------------------------------------

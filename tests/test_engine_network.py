@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
 from cxrkit.engine.losses import ClassificationFocalLoss, build_loss, class_counts, class_weights
-from cxrkit.engine.metrics import classification_metrics, positive_class_index, roc_auc
+from cxrkit.engine.metrics import classification_metrics, positive_class_index
 from cxrkit.networks.classifier import CXRClassifier, freeze_stages
 from cxrkit.networks.heads import build_head
 
@@ -112,7 +112,7 @@ def test_metrics_match_scikit_learn():
     assert got["val_auc"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
     for k, c in enumerate(names):
         assert got[f"val_precision/{c}"] == pytest.approx(precision_score(y, pred, labels=[k], average=None)[0])
-        assert got[f"val_recall/{c}"] == pytest.approx(recall_score(y, pred, labels=[k], average=None)[0])
+        assert got[f"val_sensitivity/{c}"] == pytest.approx(recall_score(y, pred, labels=[k], average=None)[0])
         assert got[f"val_f1/{c}"] == pytest.approx(f1_score(y, pred, labels=[k], average=None)[0], abs=1e-6)
         tn = ((pred != k) & (y != k)).sum()
         fp = ((pred == k) & (y != k)).sum()
@@ -122,11 +122,13 @@ def test_metrics_match_scikit_learn():
 
 
 def test_binary_auc_uses_the_positive_class():
-    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
-    labels = torch.tensor([0, 0, 1, 1])
-    assert roc_auc(probs, labels, positive_index=0) == pytest.approx(roc_auc_score(labels == 0, probs[:, 0]))
-    with pytest.warns(UserWarning, match="undefined"):
-        assert math.isnan(roc_auc(probs, torch.tensor([1, 1, 1, 1]), positive_index=0))
+    logits = torch.tensor([[2.0, 0.1], [1.5, 0.2], [0.3, 1.7], [0.6, 0.4]])
+    for labels, expected in ((torch.tensor([0, 0, 1, 1]), roc_auc_score([1, 1, 0, 0], logits.softmax(1)[:, 0])),
+                             (torch.tensor([1, 1, 1, 1]), math.nan)):  # one class: undefined, not a crash
+        auc = classification_metrics(["COVID", "Normal"], positive_index=0)["val_auc"]
+        auc.args[0].update((logits, labels))  # every key reads one epoch-level metric
+        value = auc.compute()
+        assert value == pytest.approx(expected, nan_ok=True)
     assert positive_class_index(["COVID", "Normal"]) == 0
     assert positive_class_index(["Normal", "Pneumonia"]) == 1
     assert positive_class_index(["A", "B", "C"]) is None

@@ -1,4 +1,5 @@
-"""Report metrics equal scikit-learn's; the bootstrap is exact per resample, seeded, fast and sensible."""
+"""Report metrics equal scikit-learn's (``zero_division=np.nan``: undefined is nan, left out of averages); the
+bootstrap is exact per resample, seeded, fast and sensible."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sklearn.metrics import (
 )
 
 from cxrkit.report.bootstrap import bootstrap_intervals, resample_values
-from cxrkit.report.metrics import compute_metrics, headline, headline_labels, point_values, roc_points
+from cxrkit.report.metrics import compute_metrics, headline, headline_labels, roc_points
 
 
 def probs_from_preds(y_pred: list[int], n_classes: int, confidence: float = 0.8) -> np.ndarray:
@@ -42,18 +43,20 @@ def assert_matches_sklearn(y_true, y_prob, y_pred=None):
     n = y_prob.shape[1]
     labels = list(range(n))
     m = compute_metrics(y_true, y_prob, y_pred)
-    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    np.testing.assert_allclose(m.precision, p)
-    np.testing.assert_allclose(m.recall, r)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=np.nan)
+    np.testing.assert_allclose(m.precision, p)  # nan where sklearn's is nan
+    np.testing.assert_allclose(m.sensitivity, r)
     np.testing.assert_allclose(m.f1, f)
     np.testing.assert_array_equal(m.support, s)
     for avg in ("macro", "weighted"):
-        ap, ar, af, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg, zero_division=0)
-        assert getattr(m, avg) == pytest.approx({"precision": ap, "recall": ar, "f1": af})
+        ap, ar, af, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg,
+                                                        zero_division=np.nan)
+        assert getattr(m, avg) == pytest.approx({"precision": ap, "sensitivity": ar, "f1": af}, nan_ok=True)
     assert m.accuracy == pytest.approx(accuracy_score(y_true, y_pred))
     np.testing.assert_array_equal(m.confusion, confusion_matrix(y_true, y_pred, labels=labels))
     for k in labels:  # specificity = recall of "not k"
-        assert m.specificity[k] == pytest.approx(recall_score(y_true != k, y_pred != k, zero_division=0))
+        expected = recall_score(y_true != k, y_pred != k, zero_division=np.nan)
+        assert m.specificity[k] == pytest.approx(expected, nan_ok=True)
         if 0 < (y_true == k).sum() < len(y_true):
             assert m.auc[k] == pytest.approx(roc_auc_score(y_true == k, y_prob[:, k]))
         else:
@@ -66,7 +69,7 @@ def test_binary_matches_sklearn_and_positive_class_zero():
     p0 = np.array([0.9, 0.8, 0.4, 0.3, 0.2, 0.6, 0.1, 0.7])
     prob = np.c_[p0, 1 - p0]
     m = assert_matches_sklearn(y, prob)
-    point = headline(point_values(m), ["COVID", "Normal"], 0)
+    point = headline(m.values, ["COVID", "Normal"], 0, row=0)
     assert point["auc"] == pytest.approx(roc_auc_score(np.array(y) == 0, p0))
     assert point["sensitivity/COVID"] == pytest.approx(3 / 4)  # TP 3 of 4 COVID
     assert point["specificity/COVID"] == pytest.approx(3 / 4)  # 1 Normal called COVID
@@ -84,15 +87,15 @@ def test_empty_class_zero_support_and_never_predicted():
     y_true = [0, 0, 1, 1, 1, 0]
     y_pred = [0, 1, 1, 1, 0, 0]  # class 2: no support, never predicted
     m = assert_matches_sklearn(y_true, probs_from_preds(y_pred, 3))
-    assert m.support[2] == 0 and m.precision[2] == 0 and m.recall[2] == 0
-    assert math.isnan(m.auc[2]) and math.isnan(m.macro_auc)
+    assert m.support[2] == 0 and math.isnan(m.precision[2]) and math.isnan(m.sensitivity[2])
+    assert math.isnan(m.auc[2]) and m.macro_auc == pytest.approx(np.mean(m.auc[:2]))  # over the defined classes
 
 
 def test_class_with_support_but_never_predicted():
     y_true = [0, 1, 2, 2, 1, 0, 2]
     y_pred = [0, 1, 1, 1, 1, 0, 0]  # class 2 never predicted
     m = assert_matches_sklearn(y_true, probs_from_preds(y_pred, 3))
-    assert m.precision[2] == 0 and m.recall[2] == 0 and m.specificity[2] == 1
+    assert math.isnan(m.precision[2]) and m.sensitivity[2] == 0 and m.specificity[2] == 1
 
 
 def test_perfect_and_all_wrong():
@@ -108,7 +111,7 @@ def test_single_class_y_true_gives_nan_auc_not_a_crash():
     y = np.zeros(6, dtype=int)
     m = assert_matches_sklearn(y, probs_from_preds([0, 0, 1, 0, 0, 1], 2))
     assert np.isnan(m.auc).all() and roc_points(y, probs_from_preds([0] * 6, 2), 0) is None
-    point = headline(point_values(m), ["COVID", "Normal"], 0)
+    point = headline(m.values, ["COVID", "Normal"], 0, row=0)
     assert math.isnan(point["auc"])
 
 
@@ -141,14 +144,14 @@ def test_each_resample_equals_sklearn(n_classes, round_to):
     index = np.random.default_rng(0).integers(0, len(y), size=(6, len(y)))
     values = resample_values(y, pred, p, index)
     for b in range(index.shape[0]):
-        expected = point_values(compute_metrics(y[index[b]], p[index[b]]))
+        expected = compute_metrics(y[index[b]], p[index[b]]).values
         for key, value in expected.items():
-            np.testing.assert_allclose(values[key][b], value, atol=1e-12, err_msg=key)
+            np.testing.assert_allclose(values[key][b], value[0], atol=1e-12, err_msg=key)
 
 
 def test_interval_contains_point_is_reproducible_and_seeded():
     y, p = random_case(400, 2, 2.0, seed=1)
-    point = headline(point_values(compute_metrics(y, p)), ["COVID", "Normal"], 0)
+    point = headline(compute_metrics(y, p).values, ["COVID", "Normal"], 0, row=0)
     a = bootstrap_intervals(y, p, classes=["COVID", "Normal"], positive=0, n_resamples=500, seed=7)
     b = bootstrap_intervals(y, p, classes=["COVID", "Normal"], positive=0, n_resamples=500, seed=7)
     c = bootstrap_intervals(y, p, classes=["COVID", "Normal"], positive=0, n_resamples=500, seed=8)
@@ -176,8 +179,10 @@ def test_resamples_missing_a_class_are_skipped_and_counted():
     ci = bootstrap_intervals(y, p, classes=classes, positive=None, n_resamples=300, seed=5, block=100)
     rng = np.random.default_rng(5)  # the same draws, counted independently
     index = np.concatenate([rng.integers(0, 20, size=(100, 20)) for _ in range(3)])
-    missing = sum(len(set(y[row])) < 3 for row in index)
-    assert missing > 0 and ci["auc"].n_skipped == missing
+    missing = sum(2 not in y[row] for row in index)  # Viral Pneumonia not drawn: no sensitivity
+    single = sum(len(set(y[row])) < 2 for row in index)  # one class drawn: no AUC at all
+    assert missing > 0 and ci["sensitivity/Viral Pneumonia"].n_skipped == missing
+    assert ci["auc"].n_skipped == single < missing  # the macro AUC averages the classes where it is defined
     assert ci["accuracy"].n_skipped == 0
 
 
@@ -193,7 +198,7 @@ def test_bootstrap_of_a_large_case_is_complete_and_reproducible():
     test asserts a duration.)"""
     y, p = random_case(3000, 3, 1.0, seed=2, round_to=2)
     ci = bootstrap_intervals(y, p, classes=["a", "b", "c"], positive=None, n_resamples=1000, seed=0)
-    point = headline(point_values(compute_metrics(y, p)), ["a", "b", "c"], None)
+    point = headline(compute_metrics(y, p).values, ["a", "b", "c"], None, row=0)
     assert set(ci) == set(point) and "auc" in ci
     for key, interval in ci.items():
         assert interval.n_resamples == 1000 and interval.n_skipped == 0, key

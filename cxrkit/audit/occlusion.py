@@ -34,6 +34,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from cxrkit.metrics import evaluate
+
 __all__ = ["FILLS", "DIRECTIONS", "Condition", "donor_indices", "example_indices", "occlude", "blurred", "feathered",
            "balanced_accuracy", "run_occlusion", "OcclusionVerdict", "occlusion_verdict",
            "MIN_BASELINE", "KEEP_DROP", "DIRECTION_GAP"]
@@ -49,10 +51,13 @@ DIRECTION_GAP = 0.10
 
 
 def balanced_accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
-    """Mean recall over the classes present in ``y_true`` (a model calling every image one class scores 1/k)."""
-    y, p = np.asarray(y_true), np.asarray(y_pred)
-    recalls = [float(np.mean(p[y == c] == c)) for c in np.unique(y)]
-    return float(np.mean(recalls)) if recalls else float("nan")
+    """The macro sensitivity of :mod:`cxrkit.metrics`: mean over the classes present in ``y_true`` (a model
+    calling every image one class scores 1/k); ``nan`` without images."""
+    y, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if y.size == 0:
+        return float("nan")
+    one_hot = np.eye(max(2, int(max(y.max(), p.max())) + 1))[p]  # the predictions as probabilities
+    return float(evaluate(y, one_hot, p)["macro_sensitivity"][0])
 
 
 def donor_indices(labels: Sequence[int], seed: int = 0) -> np.ndarray:
@@ -122,7 +127,7 @@ class Condition:
         direction: ``baseline``, ``keep_lungs`` or ``remove_lungs``.
         fill: ``none``, ``donor`` or ``blur``.
         accuracy: share predicted right.
-        balanced_accuracy: mean recall over the classes.
+        balanced_accuracy: mean sensitivity over the classes present.
         changed: share of predictions that differ from the unoccluded image's.
         follows_donor: share predicted as the donor's class where it differs from the image's (donor fill only).
         predicted_share: share of images predicted as each class (a collapse shows here).

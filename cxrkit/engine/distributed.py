@@ -13,7 +13,7 @@ copies of the same bundle run; this module makes them one training run:
 * :class:`ShardedEpochSampler` gives each rank its share of the seeded epoch
   permutation: padded for training (equal batch counts, as DDP needs), not
   padded for validation, so validation metrics, reduced across processes by
-  Ignite, are exactly those of the whole validation set (:class:`ShardedROCAUC`
+  Ignite, are exactly those of the whole validation set (:func:`shard_safe_metrics`
   and :class:`ShardedPredictionsWriter` gather unequal shards);
 * only rank 0 writes the run folder: :func:`run_paths` creates the folder on
   rank 0 and broadcasts its path, :func:`summary_writer` gives the other ranks a
@@ -37,7 +37,7 @@ from typing import Any, Mapping, Sized
 import torch
 from ignite.engine import Engine, Events
 
-from cxrkit.engine.metrics import ROCAUC
+from cxrkit.engine.metrics import epoch_scores
 from cxrkit.engine.resume import EpochSeededSampler
 from cxrkit.engine.writers import PredictionsWriter
 from cxrkit.runfolder import RunDirError, RunPaths
@@ -59,7 +59,6 @@ __all__ = [
     "MainRankOnly",
     "BufferSync",
     "all_gather_uneven",
-    "ShardedROCAUC",
     "shard_safe_metrics",
     "ShardedPredictionsWriter",
 ]
@@ -322,29 +321,16 @@ def all_gather_uneven(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([gathered[i, : int(n)] for i, n in enumerate(sizes)]).to(tensor.device)
 
 
-class ShardedROCAUC(ROCAUC):
-    """:class:`cxrkit.engine.metrics.ROCAUC` over the whole validation set when its shards differ in size.
-
-    Ignite's ``EpochMetric`` gathers equal-sized tensors only; this gathers
-    :func:`all_gather_uneven` and computes on every rank.
-    """
-
-    def compute(self) -> float:
-        if not self._predictions:
-            raise RuntimeError("ROC AUC needs at least one validation batch on every process")
-        pred = all_gather_uneven(torch.cat(self._predictions, dim=0))
-        target = all_gather_uneven(torch.cat(self._targets, dim=0))
-        return self.compute_fn(pred, target)
-
-
 def shard_safe_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """``metrics`` with every ROC AUC made exact on unequal validation shards (:class:`ShardedROCAUC`)."""
-    out: dict[str, Any] = {}
-    for name, metric in metrics.items():
-        if isinstance(metric, ROCAUC) and not isinstance(metric, ShardedROCAUC):
-            metric = ShardedROCAUC(metric.positive_index, output_transform=metric._output_transform)
-        out[name] = metric
-    return out
+    """``metrics`` with every epoch-level classification metric gathering unequal validation shards.
+
+    Ignite's ``EpochMetric`` gathers equal-sized tensors only; the
+    :class:`cxrkit.engine.metrics.ClassificationScores` behind ``metrics`` gather
+    with :func:`all_gather_uneven` instead, so every rank computes on the whole set.
+    """
+    for scores in epoch_scores(dict(metrics)):
+        scores.gather = all_gather_uneven
+    return dict(metrics)
 
 
 class ShardedPredictionsWriter(PredictionsWriter):

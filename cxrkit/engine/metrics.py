@@ -1,32 +1,35 @@
 """Classification metrics as Ignite metrics, named as in the run record.
 
-The evaluator gets, with a prefix (``val_`` during training):
+The evaluator gets, with a prefix (``val_`` during training), every metric of
+:data:`cxrkit.metrics.METRICS` under the keys of :func:`cxrkit.metrics.record`:
+``accuracy``, ``auc`` (the positive class's ROC AUC, else the macro AUC), per
+class ``precision/<class>``, ``sensitivity/<class>``, ``specificity/<class>``,
+``f1/<class>``, ``auc/<class>``, the macro and weighted averages
+(``macro_sensitivity``...), ``confusion_matrix`` (rows: true class, columns:
+predicted class) and ``loss`` (the training loss on the validation set, Ignite's
+``Loss``).
 
-* ``accuracy``, ``loss`` (the training loss on the validation set), ``auc``
-  (binary: ROC AUC of the positive class' probability; multi-class: macro
-  one-vs-rest, scikit-learn's ``roc_auc_score``);
-* per class ``precision/<class>``, ``recall/<class>`` (sensitivity),
-  ``specificity/<class>`` and ``f1/<class>``;
-* ``confusion_matrix`` (rows: true class, columns: predicted class).
-
-Metrics read ``(logits, labels)`` from the engine output with
-:class:`OutputPairs`, which accepts MONAI's decollated list of per-item dicts
-or one batch dict. Everything is computed by Ignite (``Accuracy``,
-``Precision``, ``Recall``, ``Fbeta``, ``ConfusionMatrix``, ``Loss``,
-``Average``) and scikit-learn (ROC AUC through Ignite's ``EpochMetric``).
+The values are not computed here: :class:`ClassificationScores` (an Ignite
+``EpochMetric``) keeps the epoch's ``(logits, labels)``, takes the softmax as the
+predictions file does, and calls :func:`cxrkit.metrics.evaluate` once per epoch;
+each key is a ``MetricsLambda`` reading one of its values. So ``metrics.json``,
+the predictions file's report and the bootstrap agree on every shared number,
+degenerate cases included. Metrics read ``(logits, labels)`` from the engine
+output with :class:`OutputPairs`, which accepts MONAI's decollated list of
+per-item dicts or one batch dict.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import warnings
 from typing import Any, Callable, Sequence
 
+import ignite.distributed as idist
 import torch
-from ignite.metrics import Accuracy, Average, ConfusionMatrix, EpochMetric, Fbeta, Loss, Metric, MetricsLambda
-from ignite.metrics import Precision, Recall
+from ignite.metrics import Accuracy, Average, EpochMetric, Loss, Metric, MetricsLambda
 
+from cxrkit import metrics as definitions
 from cxrkit import options
 
 __all__ = [
@@ -37,8 +40,8 @@ __all__ = [
     "metric_comparator",
     "OutputPairs",
     "OutputValue",
-    "ROCAUC",
-    "roc_auc",
+    "ClassificationScores",
+    "epoch_scores",
     "positive_class_index",
     "classification_metrics",
     "training_metrics",
@@ -91,48 +94,82 @@ class OutputValue:
         return torch.as_tensor(value).detach().float().mean()
 
 
-def roc_auc(probs: torch.Tensor, labels: torch.Tensor, positive_index: int | None = None) -> float:
-    """ROC AUC: of ``positive_index``'s probability (binary) or macro one-vs-rest (multi-class).
+class ClassificationScores(EpochMetric):
+    """Every metric of :mod:`cxrkit.metrics` over the whole epoch, from logits and integer labels.
 
-    Returns ``nan`` (with a warning) when the labels hold fewer than two classes,
-    where AUC is undefined.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    y = labels.cpu().numpy().astype(int)
-    p = probs.cpu().double().numpy()
-    num_classes = p.shape[1]
-    present = set(y.tolist())
-    if len(present) < 2:
-        warnings.warn("ROC AUC is undefined: the validation labels hold a single class; reporting nan", stacklevel=2)
-        return math.nan
-    if positive_index is not None or num_classes == 2:
-        pos = 1 if positive_index is None else int(positive_index)
-        return float(roc_auc_score((y == pos).astype(int), p[:, pos]))
-    if len(present) < num_classes:
-        # one-vs-rest over the classes present; absent classes have no defined AUC
-        cols = sorted(present)
-        scores = [roc_auc_score((y == c).astype(int), p[:, c]) for c in cols]
-        return float(sum(scores) / len(scores))
-    return float(roc_auc_score(y, p / p.sum(axis=1, keepdims=True), multi_class="ovr", average="macro"))
-
-
-class ROCAUC(EpochMetric):
-    """ROC AUC over the whole epoch (scikit-learn), from logits and integer labels.
+    ``compute`` returns one float64 tensor: the values of :func:`cxrkit.metrics.record` in
+    :attr:`keys` order, then the confusion matrix's cells row by row. Computed once per epoch (Ignite's
+    cached result); under ``torchrun`` every rank gathers all shards (:attr:`gather`) and computes.
 
     Args:
-        positive_index: class index whose probability is scored in a binary task;
-            ``None`` for macro one-vs-rest over all classes (binary: class 1).
+        class_names: class names by index (record keys use them).
+        positive_index: positive class (the headline ``auc``), or ``None`` for the macro AUC.
         output_transform: maps the engine output to ``(logits, labels)``.
+
+    Attributes:
+        keys: the scalar keys, in the order of the computed values.
+        gather: ``tensor -> tensor of all ranks`` (``None``: Ignite's ``all_gather`` of equal shards);
+            :func:`cxrkit.engine.distributed.shard_safe_metrics` sets one for unequal shards.
     """
 
-    def __init__(self, positive_index: int | None = None, output_transform: Callable = OutputPairs()) -> None:
+    def __init__(self, class_names: Sequence[str], positive_index: int | None = None,
+                 output_transform: Callable = OutputPairs()) -> None:
+        self.classes = [_safe_tag(str(n)) for n in class_names]
         self.positive_index = positive_index
+        self.keys = definitions.record_keys(self.classes)
+        self.gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+        super().__init__(self._values, output_transform=output_transform, check_compute_fn=False)
 
-        def compute(pred: torch.Tensor, target: torch.Tensor) -> float:
-            return roc_auc(torch.softmax(pred.float(), dim=1), target.long(), self.positive_index)
+    def _values(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # the softmax of PredictionsWriter (float32, on the CPU), so metrics.json equals the predictions file's report
+        probs = torch.softmax(logits.detach().float().cpu(), dim=1).double().numpy()
+        values = definitions.evaluate(labels.detach().cpu().long().numpy(), probs)
+        found = definitions.record(values, self.classes, self.positive_index)
+        return torch.tensor([found[k] for k in self.keys] + values["confusion"][0].ravel().tolist(),
+                            dtype=torch.float64)
 
-        super().__init__(compute, output_transform=output_transform, check_compute_fn=False)
+    def compute(self) -> torch.Tensor:
+        if self._result is None:
+            if not self._predictions:
+                raise RuntimeError("classification metrics need at least one validation batch on every process")
+            pred, target = torch.cat(self._predictions, dim=0), torch.cat(self._targets, dim=0)
+            if idist.get_world_size() > 1:
+                gather = self.gather or idist.all_gather
+                pred, target = gather(pred), gather(target)
+            self._result = self.compute_fn(pred, target)
+        return self._result
+
+    def value(self, key: str) -> MetricsLambda:
+        """The Ignite metric of one key (``accuracy``, ``sensitivity/COVID``, ``confusion_matrix``...)."""
+        if key == "confusion_matrix":
+            n = len(self.classes)
+            return MetricsLambda(_Confusion(len(self.keys), n), self)
+        return MetricsLambda(_Item(self.keys.index(key)), self)
+
+
+class _Item:
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __call__(self, values: torch.Tensor) -> float:
+        return float(values[self.index])
+
+
+class _Confusion:
+    def __init__(self, start: int, n_classes: int) -> None:
+        self.start, self.n_classes = start, n_classes
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        return values[self.start:].round().long().reshape(self.n_classes, self.n_classes)
+
+
+def epoch_scores(metrics: dict[str, Metric]) -> list[ClassificationScores]:
+    """The :class:`ClassificationScores` behind ``metrics`` (each once)."""
+    found: list[ClassificationScores] = []
+    for metric in metrics.values():
+        sources = metric.args if isinstance(metric, MetricsLambda) else (metric,)
+        found += [m for m in sources if isinstance(m, ClassificationScores) and all(m is not f for f in found)]
+    return found
 
 
 def positive_class_index(class_names: Sequence[str], positive_class: str | None = None) -> int | None:
@@ -163,23 +200,6 @@ def _safe_tag(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.\- ]", "_", name)
 
 
-def _specificity(index: int) -> Callable[[torch.Tensor], float]:
-    def compute(cm: torch.Tensor) -> float:
-        cm = cm.double()
-        total = cm.sum()
-        tp = cm[index, index]
-        fp = cm[:, index].sum() - tp
-        fn = cm[index, :].sum() - tp
-        tn = total - tp - fp - fn
-        return float(tn / (tn + fp)) if float(tn + fp) > 0 else math.nan
-
-    return compute
-
-
-def _item(index: int) -> Callable[[torch.Tensor], float]:
-    return lambda values: float(values[index])
-
-
 def classification_metrics(
     class_names: Sequence[str],
     *,
@@ -201,24 +221,13 @@ def classification_metrics(
     Returns:
         ``{name: ignite Metric}``; the first entry is ``<prefix>accuracy``.
     """
-    names = [str(n) for n in class_names]
-    num_classes = len(names)
     pairs = OutputPairs()
-    metrics: dict[str, Metric] = {f"{prefix}accuracy": Accuracy(output_transform=pairs, device=device)}
+    scores = ClassificationScores(class_names, positive_index, output_transform=pairs)
+    metrics: dict[str, Metric] = {f"{prefix}accuracy": scores.value("accuracy")}
     if loss_function is not None:
         metrics[f"{prefix}loss"] = Loss(loss_function, output_transform=pairs, device=device)
-    metrics[f"{prefix}auc"] = ROCAUC(positive_index, output_transform=pairs)
-    precision = Precision(average=False, output_transform=pairs, device=device)
-    recall = Recall(average=False, output_transform=pairs, device=device)
-    f1 = Fbeta(1.0, average=False, precision=precision, recall=recall)
-    cm = ConfusionMatrix(num_classes, output_transform=pairs, device=device)
-    for i, name in enumerate(names):
-        tag = _safe_tag(name)
-        metrics[f"{prefix}precision/{tag}"] = MetricsLambda(_item(i), precision)
-        metrics[f"{prefix}recall/{tag}"] = MetricsLambda(_item(i), recall)
-        metrics[f"{prefix}specificity/{tag}"] = MetricsLambda(_specificity(i), cm)
-        metrics[f"{prefix}f1/{tag}"] = MetricsLambda(_item(i), f1)
-    metrics[f"{prefix}confusion_matrix"] = cm
+    metrics.update({f"{prefix}{key}": scores.value(key) for key in scores.keys if key != "accuracy"})
+    metrics[f"{prefix}confusion_matrix"] = scores.value("confusion_matrix")
     return metrics
 
 

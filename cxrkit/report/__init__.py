@@ -2,7 +2,7 @@
 
 * :func:`write_report` - one run folder -> ``report.md`` + PNGs + self-contained ``report.html``;
 * :func:`write_comparison` - several run folders on one split (or k folds) -> one comparison report;
-* :mod:`cxrkit.report.metrics` / :mod:`cxrkit.report.bootstrap` - the numbers (scikit-learn; percentile bootstrap).
+* :mod:`cxrkit.report.metrics` / :mod:`cxrkit.report.bootstrap` - the numbers (:mod:`cxrkit.metrics`; percentile bootstrap).
 
 Submodules import matplotlib and scikit-learn; importing this package imports them lazily.
 """

@@ -1,17 +1,15 @@
 """Percentile bootstrap confidence intervals for the report's headline metrics.
 
 Images are resampled with replacement (``n_resamples`` resamples of the
-validation set, seeded with :class:`numpy.random.Generator`). Each resample's
-metrics are computed in one vectorised pass per block of resamples:
-confusion matrices by :func:`numpy.bincount`, ROC AUC by the Mann-Whitney
-statistic on resample weights (ties count one half, exactly as
-scikit-learn's ``roc_auc_score``). :func:`resample_values` is the same
-computation scikit-learn would do on each resample; tests check that.
+validation set, seeded with :class:`numpy.random.Generator`). A resample is how
+often each image was drawn, so a block of resamples is one weight matrix and
+:func:`cxrkit.metrics.evaluate` computes every resample's metrics in one
+vectorised pass: the same definitions, and the same rule for undefined values,
+as the point estimates, ``metrics.json`` and the training log.
 
-Precision, recall, F1 and specificity follow scikit-learn's
-``zero_division=0``. A resample in which a class has no positives or no
-negatives gives ``nan`` for that AUC (and for the macro AUC); such resamples
-are left out of that metric's interval and counted in ``n_skipped``.
+A resample in which a headline metric is undefined (``nan``, e.g. a class drawn
+no image for its sensitivity or AUC) is left out of that metric's interval and
+counted in ``n_skipped``.
 """
 
 from __future__ import annotations
@@ -23,7 +21,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from cxrkit.report.metrics import check_inputs, headline
+from cxrkit.metrics import check_inputs, evaluate
+from cxrkit.report.metrics import headline
 
 __all__ = ["Interval", "bootstrap_intervals", "resample_values"]
 
@@ -53,14 +52,10 @@ class Interval:
         return bool(self.low <= value <= self.high)
 
 
-def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    return np.where(den > 0, num / np.maximum(den, 1), 0.0)
-
-
 def resample_values(
     y_true: np.ndarray, y_pred: np.ndarray, y_prob: np.ndarray, index: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Metrics of each resample, vectorised.
+    """Metrics of each resample, vectorised (:func:`cxrkit.metrics.evaluate` on draw counts).
 
     Args:
         y_true: true class indices, shape ``(N,)``.
@@ -69,49 +64,13 @@ def resample_values(
         index: resample indices into the ``N`` rows, shape ``(B, M)``.
 
     Returns:
-        ``accuracy``, ``macro_precision``, ``macro_recall``, ``macro_f1``,
-        ``macro_auc`` with shape ``(B,)`` and ``precision``, ``recall``, ``f1``,
-        ``specificity``, ``auc`` with shape ``(B, C)``.
+        :func:`cxrkit.metrics.evaluate`'s output with ``B`` rows.
     """
-    n_rows, n_classes = y_prob.shape
-    n_boot, size = index.shape
-    rows = np.arange(n_boot)[:, None]
-    t, p = y_true[index], y_pred[index]
-    cm = np.bincount((rows * n_classes * n_classes + t * n_classes + p).ravel(), minlength=n_boot * n_classes**2)
-    cm = cm.reshape(n_boot, n_classes, n_classes).astype(np.float64)
-    tp = np.diagonal(cm, axis1=1, axis2=2)
-    support, predicted = cm.sum(2), cm.sum(1)
-    fp, fn = predicted - tp, support - tp
-    tn = size - tp - fp - fn
-    out = {
-        "accuracy": tp.sum(1) / size,
-        "precision": _safe_div(tp, tp + fp),
-        "recall": _safe_div(tp, support),
-        "f1": _safe_div(2 * tp, 2 * tp + fp + fn),
-        "specificity": _safe_div(tn, tn + fp),
-    }
-    for name in ("precision", "recall", "f1"):
-        out[f"macro_{name}"] = out[name].mean(1)
-
-    # resample weights: how often each original row was drawn in each resample
-    weights = np.bincount((rows * n_rows + index).ravel(), minlength=n_boot * n_rows).reshape(n_boot, n_rows)
-    auc = np.empty((n_boot, n_classes))
-    for k in range(n_classes):
-        order = np.argsort(y_prob[:, k], kind="stable")
-        scores = y_prob[order, k]
-        starts = np.flatnonzero(np.r_[True, scores[1:] != scores[:-1]])  # groups of tied scores
-        positive = (y_true[order] == k).astype(np.float64)
-        w = weights[:, order].astype(np.float64)
-        w_pos = np.add.reduceat(w * positive, starts, axis=1)
-        w_neg = np.add.reduceat(w * (1.0 - positive), starts, axis=1)
-        below = np.cumsum(w_neg, axis=1) - w_neg  # negatives with a strictly lower score
-        wins = (w_pos * (below + 0.5 * w_neg)).sum(1)
-        pairs = w_pos.sum(1) * w_neg.sum(1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            auc[:, k] = np.where(pairs > 0, wins / np.where(pairs > 0, pairs, 1), np.nan)
-    out["auc"] = auc
-    out["macro_auc"] = auc.mean(1)  # nan when any class is undefined in that resample
-    return out
+    n_rows = y_prob.shape[0]
+    n_boot = index.shape[0]
+    rows = np.arange(n_boot)[:, None] * n_rows
+    weights = np.bincount((rows + index).ravel(), minlength=n_boot * n_rows).reshape(n_boot, n_rows)
+    return evaluate(y_true, y_prob, y_pred, weights=weights)
 
 
 def bootstrap_intervals(

@@ -205,9 +205,9 @@ def table5(entries: Sequence[SourceEntry]) -> Table:
         for k, cls in enumerate(m.classes):
             first = k == 0
             rows.append([str(rank) if first else "", e.label if first else "", cls, fmt(m.precision[k]),
-                         fmt(m.recall[k]), fmt(m.f1[k]), str(int(m.support[k])),
+                         fmt(m.sensitivity[k]), fmt(m.f1[k]), str(int(m.support[k])),
                          with_ci(e.pooled, "accuracy") if first else ""])
-    return Table(["Rank", "Source", "Class", "Precision", "Recall", "F1", "Support", "Accuracy (95% CI)"], rows)
+    return Table(["Rank", "Source", "Class", "Precision", "Sensitivity", "F1", "Support", "Accuracy (95% CI)"], rows)
 
 
 def fold_table(entry: SourceEntry) -> Table:

@@ -115,7 +115,7 @@ def _row_normalised(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def confusion_figure(cm: np.ndarray, classes: Sequence[str], path: Path, title: str | None = None) -> Path:
-    """Confusion matrix as counts and row-normalised (recall per true class), side by side.
+    """Confusion matrix as counts and row-normalised (sensitivity per true class), side by side.
 
     Args:
         cm: ``(C, C)`` counts, rows = true class.

@@ -24,7 +24,7 @@ from cxrkit.report.document import Callout, Document, Figure, Heading, Paragraph
 from cxrkit.report.figures import confusion_figure, curves_figure, roc_figure
 from cxrkit.report.html import to_html
 from cxrkit.report.identity import data_blocks, identity_table, unfinished
-from cxrkit.report.metrics import ClassificationMetrics, compute_metrics, headline, headline_labels, point_values
+from cxrkit.report.metrics import ClassificationMetrics, compute_metrics, headline, headline_labels
 from cxrkit.report.evaluations import SplitPredictions, describe_split
 from cxrkit.report.runfolder import RunFolder, load_run, resolve_positive
 from cxrkit.report.tables import (
@@ -47,7 +47,7 @@ class RunEvaluation:
     Attributes:
         run: the run folder.
         positive: positive class index in use, or None (one-vs-rest for every class).
-        metrics: scikit-learn point estimates on the evaluated predictions.
+        metrics: the point estimates (:mod:`cxrkit.metrics`) on the evaluated predictions.
         labels: headline key -> display label.
         point: headline key -> point estimate.
         intervals: headline key -> bootstrap interval; None when the bootstrap is off.
@@ -101,7 +101,7 @@ def evaluate_predictions(run: RunFolder, preds: SplitPredictions, *, positive: s
     pos = resolve_positive(run.classes, positive, run.positive_class)
     metrics = compute_metrics(preds.y_true, preds.y_prob, preds.y_pred, run.classes)
     labels = headline_labels(run.classes, pos)
-    point = {k: float(v) for k, v in headline(point_values(metrics), run.classes, pos).items()}
+    point = headline(metrics.values, run.classes, pos, row=0)
     intervals = None
     if bootstrap:
         intervals = bootstrap_intervals(preds.y_true, preds.y_prob, preds.y_pred, classes=run.classes, positive=pos,
@@ -154,8 +154,9 @@ def build_report(ev: RunEvaluation, out_dir: Path, *, audit: dict | None = None,
     undefined = [c for k, c in enumerate(m.classes) if m.support[k] == 0]
     if undefined:
         doc.add(Callout(f"class(es) {', '.join(undefined)} have no {split} image: metrics that need one (their "
-                        "recall / sensitivity, the specificity of a binary run's other class, ROC AUC) are undefined "
-                        "and shown as 0 (scikit-learn's zero_division=0) or n/a; the macro averages include them."))
+                        "sensitivity and ROC AUC, their F1 when never predicted either, the specificity of a binary "
+                        "run's other class) are undefined and shown as n/a; averages are over the classes where a "
+                        "metric is defined, as in training's metrics.json."))
     doc.add(Heading("Run"), identity_table(run, ev.positive))
     doc.add(Heading("Data"), *data_blocks(run), *trust.near_duplicate_blocks(run, out_dir))
 
@@ -165,7 +166,9 @@ def build_report(ev: RunEvaluation, out_dir: Path, *, audit: dict | None = None,
             *trust.results_by_split(run, lambda s: ev if s == split else evaluate_run(
                 run, positive=ev.positive, bootstrap=_resamples(ev), seed=ev.seed, split=s)))
     doc.add(Heading(f"Per-class scores (Table 5 layout, {split} images)"), classification_table(m),
-            Paragraph("Precision, recall and F1 per class with scikit-learn (`zero_division=0`); "
+            Paragraph("Precision, sensitivity (recall) and F1 per class; n/a where undefined (no precision for a "
+                      "class never predicted, no sensitivity for a class without images), and the averages are over "
+                      "the classes where the value is defined (scikit-learn's `zero_division=np.nan`); "
                       f"support = {split} images of the class."))
     doc.add(Heading(f"Sensitivity, specificity and ROC AUC per class (one-vs-rest, {split} images)"),
             one_vs_rest_table(m))

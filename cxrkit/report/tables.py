@@ -1,6 +1,6 @@
 """Report tables in the layouts of the study (Hossain et al. 2022).
 
-* Table 5: per-class precision, recall, F1 and support with overall accuracy,
+* Table 5: per-class precision, sensitivity (recall), F1 and support with overall accuracy,
   macro and weighted averages (the rows of scikit-learn's ``classification_report``);
 * Table 6: maximum, minimum and mean accuracy over the epochs, with the epoch
   of the maximum and of the minimum, for training and for validation;
@@ -39,14 +39,14 @@ def classification_table(m: ClassificationMetrics) -> Table:
         m: the run's metrics.
 
     Returns:
-        Columns Class, Precision, Recall, F1, Support.
+        Columns Class, Precision, Sensitivity, F1, Support.
     """
-    rows = [[c, fmt(m.precision[k]), fmt(m.recall[k]), fmt(m.f1[k]), str(int(m.support[k]))]
+    rows = [[c, fmt(m.precision[k]), fmt(m.sensitivity[k]), fmt(m.f1[k]), str(int(m.support[k]))]
             for k, c in enumerate(m.classes)]
     rows.append(["accuracy", "", "", fmt(m.accuracy), str(m.n)])
     for name, avg in (("macro avg", m.macro), ("weighted avg", m.weighted)):
-        rows.append([name, fmt(avg["precision"]), fmt(avg["recall"]), fmt(avg["f1"]), str(m.n)])
-    return Table(["Class", "Precision", "Recall", "F1", "Support"], rows)
+        rows.append([name, fmt(avg["precision"]), fmt(avg["sensitivity"]), fmt(avg["f1"]), str(m.n)])
+    return Table(["Class", "Precision", "Sensitivity", "F1", "Support"], rows)
 
 
 def headline_table(point: Mapping[str, float], intervals: Mapping[str, Interval] | None,
@@ -70,7 +70,7 @@ def headline_table(point: Mapping[str, float], intervals: Mapping[str, Interval]
 
 
 def one_vs_rest_table(m: ClassificationMetrics) -> Table:
-    """Sensitivity (recall), specificity and ROC AUC of each class against the rest.
+    """Sensitivity, specificity and ROC AUC of each class against the rest.
 
     Args:
         m: the run's metrics.
@@ -78,7 +78,7 @@ def one_vs_rest_table(m: ClassificationMetrics) -> Table:
     Returns:
         Columns Class, Sensitivity, Specificity, ROC AUC, Support.
     """
-    rows = [[c, fmt(m.recall[k]), fmt(m.specificity[k]), fmt(m.auc[k]), str(int(m.support[k]))]
+    rows = [[c, fmt(m.sensitivity[k]), fmt(m.specificity[k]), fmt(m.auc[k]), str(int(m.support[k]))]
             for k, c in enumerate(m.classes)]
     return Table(["Class", "Sensitivity", "Specificity", "ROC AUC", "Support"], rows)
 

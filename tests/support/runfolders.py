@@ -80,7 +80,7 @@ def make_run_folder(
             "time_s": 61.5,
         }
         for c in classes:
-            for name in ("precision", "recall", "specificity", "f1"):
+            for name in ("precision", "sensitivity", "specificity", "f1"):
                 row[f"val_{name}/{c}"] = float(min(1.0, 0.6 + 0.35 * progress))
         rows.append(row)
     best = max(rows, key=lambda r: r["val_accuracy"])["epoch"]
