@@ -84,7 +84,8 @@ def test_check_errors_for_unknown_plugin_missing_file_and_random(weight_store, c
 def test_import_then_list_and_check_find_the_file(scratch, tiny, weight_store, capsys):
     path = tiny_file(scratch, name="downloaded.bin")
     assert main(["weights", "list"]) == 0
-    assert table_row(capsys.readouterr().out, TINY) == [TINY, "resnet18", "r18.pth", "no", "-", "-"]
+    assert table_row(capsys.readouterr().out, TINY) == [TINY, "resnet18", "r18.pth", "manual", "unknown", "manual",
+                                                             "-"]
     assert main(["weights", "import", TINY, str(path)]) == 0
     out = capsys.readouterr().out
     dest = weight_store / TINY / "r18.pth"
@@ -92,8 +93,8 @@ def test_import_then_list_and_check_find_the_file(scratch, tiny, weight_store, c
     assert main(["weights", "import", TINY, str(path)]) == 0
     assert "already installed" in capsys.readouterr().out
     assert main(["weights", "list"]) == 0
-    assert table_row(capsys.readouterr().out, TINY) == [TINY, "resnet18", "r18.pth", "yes",
-                                                             "unverifiable (no published hash)", str(dest)]
+    assert table_row(capsys.readouterr().out, TINY) == [TINY, "resnet18", "r18.pth", "installed (unverifiable)",
+                                                         "unknown", "manual", str(dest)]
     assert main(["weights", "check", TINY]) == 0
     assert f"file      {dest}" in capsys.readouterr().out
 
