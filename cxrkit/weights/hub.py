@@ -77,12 +77,14 @@ def hub_file(spec: FetchSpec, filename: str, what: str, timeout: float = 30.0) -
                          "log in with `hf auth login` or set HF_TOKEN)") from None
     except hf_errors.RevisionNotFoundError:
         raise FetchError(f"{what}: revision {spec.hf_revision} of {spec.hf_hub_id} not found") from None
+    except hf_errors.LocalEntryNotFoundError as exc:
+        cause = exc.__cause__
+        why = f" ({str(cause).splitlines()[0]})" if cause is not None and str(cause) else ""
+        how = ("HF_HUB_OFFLINE is set and the file is not in the hub cache " + str(hub_cache_dir())
+               if _offline() else f"the hub did not answer{why} and the file is not cached")
+        raise FetchError(f"{what}: {repo}: {how}; fetch it once online (or unset HF_HUB_OFFLINE)") from None
     except hf_errors.EntryNotFoundError:
         raise FetchError(f"{what}: {filename} is not in {spec.hf_hub_id} at {spec.hf_revision}") from None
-    except hf_errors.LocalEntryNotFoundError:
-        how = ("HF_HUB_OFFLINE is set and the file is not in the hub cache " + str(hub_cache_dir())
-               if _offline() else "the hub could not be reached and the file is not cached")
-        raise FetchError(f"{what}: {repo}: {how}; fetch it once online (or unset HF_HUB_OFFLINE)") from None
     except (hf_errors.HfHubHTTPError, OSError) as exc:
         if isinstance(exc, OSError) and getattr(exc, "errno", None) is not None and not isinstance(
                 exc, hf_errors.HfHubHTTPError):

@@ -130,8 +130,9 @@ class WeightServer:
                 with server.lock:
                     server.requests.append((self.command, path, dict(self.headers.items())))
                     route = server.routes.get(path)
-                if route is None:
-                    self._send(404, {"Content-Length": "9", "Content-Type": "text/plain"}, b"not found", head)
+                if route is None:  # the hub says which kind of "not found" it is
+                    extra = {"X-Error-Code": "EntryNotFound"} if "/resolve/" in path else {}
+                    self._send(404, {"Content-Length": "9", "Content-Type": "text/plain", **extra}, b"not found", head)
                     return
                 if route.stall:
                     server.stop_event.wait(route.stall)
