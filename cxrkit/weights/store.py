@@ -83,7 +83,7 @@ def _not_found(source: WeightSource, looked: list[Path], reason: str) -> WeightF
     names = ", ".join(source.filenames)
     places = "\n".join(f"  {p}" for p in looked)
     return WeightFileNotFoundError(
-        f"{reason}\nExpected file name: {names}\nLooked in:\n{places}\n"
+        f"{reason}\nExpected file name: {names}\nLooked in:\n{places}\nPublished at: {source.origin}\n"
         f"Get it with:\n  {source.fetch_command()}\n(cxrkit downloads only in that command; it prints the steps "
         f"for a file without a direct link). A file you already have: `{source.import_command()}`, "
         "or pass its path explicitly (weights_path=... in Python)."
