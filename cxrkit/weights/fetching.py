@@ -3,9 +3,9 @@
 The one place in cxrkit that downloads. For each source, from its
 :class:`~cxrkit.weights.fetchspec.FetchSpec`:
 
-1. a restricted licence needs ``accept_license=True`` (recorded once, :mod:`cxrkit.weights.licenses`);
-2. a file already found (the weights folder, torch hub's cache for torchvision files) is verified
+1. a file already found (the weights folder, torch hub's cache for torchvision files) is verified
    and used as it is: nothing is downloaded;
+2. a restricted licence needs ``accept_license=True`` (recorded once, :mod:`cxrkit.weights.licenses`);
 3. a direct URL is streamed into ``<store>/<plugin>/.<name>.partial`` (:mod:`cxrkit.weights.download`);
    a hub file comes through ``huggingface_hub``'s cache (:mod:`cxrkit.weights.hub`); a manual source
    raises :class:`ManualFetchError` with the steps and the ``cxrkit weights import`` command;
@@ -220,7 +220,6 @@ def fetch(source: WeightSource | str, *, accept_license: bool = False, force: bo
     start = time.perf_counter()
     if not source.pretrained:
         raise WeightError(f"{_what(source)} has no pretrained weights; there is nothing to fetch")
-    _check_license(source, accept_license)
     store = Path(root).expanduser() if root is not None else weights_dir()
     dest = installed_path(source, source.fetch_filename, store)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -232,6 +231,7 @@ def fetch(source: WeightSource | str, *, accept_license: bool = False, force: bo
                                found.stat().st_size, time.perf_counter() - start, str(found))
         if source.fetch is None or source.fetch.kind == MANUAL:
             raise ManualFetchError(manual_steps(source))
+        _check_license(source, accept_license)  # gates downloading only: an installed file is the user's
         if source.fetch.kind == HUB:
             path, action, status, digests = _fetch_hub(source, dest, timeout=timeout, trust=trust)
         else:
