@@ -43,8 +43,19 @@ def test_hub_file_is_downloaded_into_the_hub_cache_verified_and_installed(weight
     assert result.path == weight_store / "t_hub" / "r18.pth" and result.path.read_bytes() == body
     cached = tmp_path / "hf" / "hub" / "models--org--r18-test" / "snapshots" / COMMIT / "weights" / "r18.pth"
     assert cached.read_bytes() == body and cached.resolve().name == sha  # huggingface_hub's own cache layout
+    assert weight_server.seen(f"/{REPO_ID}/resolve/{COMMIT}/weights/r18.pth", method="HEAD")
+
+
+def test_a_gated_repository_needs_the_users_token(weight_server, hub_plugin, weight_store, body, monkeypatch):
+    weight_server.add_hub(REPO_ID, COMMIT, "weights/r18.pth", body).hub_gated = "hf_user_token"
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_TOKEN_PATH", str(weight_store / "no-token"))
+    with pytest.raises(FetchError, match=f"{REPO_ID}.*is a gated repository: accept its terms.*HF_TOKEN"):
+        fetch("t_hub", progress=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_user_token")
+    assert fetch("t_hub", progress=False).path.read_bytes() == body
     heads = weight_server.seen(f"/{REPO_ID}/resolve/{COMMIT}/weights/r18.pth", method="HEAD")
-    assert heads and "cxrkit" not in heads[0].get("Authorization", "")
+    assert heads[-1]["Authorization"] == "Bearer hf_user_token"
 
 
 def test_a_hub_file_whose_sha256_is_not_the_published_one_is_refused(weight_server, hub_plugin, weight_store, body):

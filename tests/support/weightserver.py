@@ -15,6 +15,7 @@ import re
 import sys
 import threading
 from dataclasses import dataclass, field
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -41,6 +42,7 @@ class Route:
         range_ok: honour ``Range`` (206); ``False`` answers 200 with the whole file, as some servers do.
         hub_commit: answer as the hub's resolve endpoint, with this commit in ``X-Repo-Commit``.
         hub_etag: the sha256 the hub answers in ``X-Linked-Etag`` (default: the body's own).
+        hub_gated: answer 401 ``X-Error-Code: GatedRepo`` unless the request carries ``Authorization: Bearer <this>``.
     """
 
     body: bytes = b""
@@ -52,6 +54,7 @@ class Route:
     range_ok: bool = True
     hub_commit: str = ""
     hub_etag: str = ""
+    hub_gated: str = ""
     served: int = field(default=0, init=False)
 
 
@@ -60,7 +63,7 @@ class WeightServer:
 
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.requests: list[tuple[str, str, Message]] = []
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.httpd = _Server(("127.0.0.1", 0), self._handler())
@@ -89,7 +92,7 @@ class WeightServer:
         """A hub file: ``/{repo}/resolve/{commit}/{filename}``."""
         return self.add_path(f"/{repo}/resolve/{commit}/{filename}", Route(body=body, hub_commit=commit))
 
-    def seen(self, path_part: str, method: str = "GET") -> list[dict[str, str]]:
+    def seen(self, path_part: str, method: str = "GET") -> list[Message]:
         """Headers of every ``method`` request whose path contains ``path_part``."""
         return [h for m, p, h in self.requests if m == method and path_part in p]
 
@@ -128,11 +131,15 @@ class WeightServer:
             def _answer(self, head: bool) -> None:
                 path = urlsplit(self.path).path
                 with server.lock:
-                    server.requests.append((self.command, path, dict(self.headers.items())))
+                    server.requests.append((self.command, path, self.headers))  # case-insensitive
                     route = server.routes.get(path)
                 if route is None:  # the hub says which kind of "not found" it is
                     extra = {"X-Error-Code": "EntryNotFound"} if "/resolve/" in path else {}
                     self._send(404, {"Content-Length": "9", "Content-Type": "text/plain", **extra}, b"not found", head)
+                    return
+                if route.hub_gated and self.headers.get("Authorization") != f"Bearer {route.hub_gated}":
+                    self._send(401, {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access to this repo is restricted",
+                                     "Content-Length": "5"}, b"gated", head)
                     return
                 if route.stall:
                     server.stop_event.wait(route.stall)
