@@ -1,4 +1,4 @@
-"""``cxrkit weights fetch`` over direct links, against a loopback server (``weight_server``) the origins are mirrored to.
+"""``cxrkit weights fetch`` over direct links, against a loopback server (``weight_server``) mirroring the origins.
 
 Each test registers a ResNet18 plugin whose ``fetch`` URL is a made-up origin; ``CXRKIT_WEIGHTS_MIRROR`` sends it to
 the server, which serves a fabricated file in the plugin's layout and misbehaves as the test asks.

@@ -29,7 +29,8 @@ _MOCO = "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/"
 _ZENODO_FILES = "https://zenodo.org/records/5205234/files/"
 # The NeWT archive is a 5.7 GB share on cornell.box.com (no direct link), linked from the benchmark's README.
 _NEWT_STEPS = (
-    "download the NeWT pretrained-model archive (5.7 GB) from https://cornell.box.com/s/bnyhq5lwobu6fgjrub44zle0pyjijbmw "
+    "download the NeWT pretrained-model archive (5.7 GB) from "
+    "https://cornell.box.com/s/bnyhq5lwobu6fgjrub44zle0pyjijbmw "
     "(linked from https://github.com/visipedia/newt/tree/main/benchmark), unpack it and find {file} among its "
     "PyTorch models"
 )

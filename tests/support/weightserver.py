@@ -138,8 +138,8 @@ class WeightServer:
                     self._send(404, {"Content-Length": "9", "Content-Type": "text/plain", **extra}, b"not found", head)
                     return
                 if route.hub_gated and self.headers.get("Authorization") != f"Bearer {route.hub_gated}":
-                    self._send(401, {"X-Error-Code": "GatedRepo", "X-Error-Message": "Access to this repo is restricted",
-                                     "Content-Length": "5"}, b"gated", head)
+                    self._send(401, {"X-Error-Code": "GatedRepo", "Content-Length": "5",
+                                     "X-Error-Message": "Access to this repo is restricted"}, b"gated", head)
                     return
                 if route.stall:
                     server.stop_event.wait(route.stall)
