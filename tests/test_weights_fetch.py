@@ -247,3 +247,24 @@ def test_cli_fetches_several_with_a_summary_and_list_shows_states(weight_server,
 def test_a_missing_file_names_the_fetch_command(weight_store):
     with pytest.raises(WeightFileNotFoundError, match="cxrkit weights fetch moco_v1 --accept_license"):
         find_weight_file(get_source("moco_v1"))
+
+
+def test_a_failed_download_is_resumed_by_the_next_fetch(weight_server, weight_plugin, weight_store, body):
+    plugin(weight_plugin)
+    weight_server.add(URL, Route(body=body, cut_first=True))
+    with pytest.raises(FetchError, match=rf"{len(body) // 2} bytes are kept in .*\.r18\.pth\.partial"):
+        fetch("t_fetch", retries=0, progress=False)
+    assert not (weight_store / "t_fetch" / "r18.pth").exists()
+    assert fetch("t_fetch", retries=0, progress=False).path.read_bytes() == body
+    assert weight_server.seen("/r18.pth")[-1]["Range"] == f"bytes={len(body) // 2}-"
+
+
+def test_a_damaged_installed_file_is_named_and_replaced_with_force(weight_server, weight_plugin, weight_store, body):
+    plugin(weight_plugin)
+    weight_server.add(URL, Route(body=body))
+    damaged = weight_store / "t_fetch" / "r18.pth"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(body[: len(body) // 3])
+    with pytest.raises(FetchError, match=f"the installed file {damaged} is the problem: fetch again with --force"):
+        fetch("t_fetch", progress=False)
+    assert fetch("t_fetch", force=True, progress=False).path.read_bytes() == body

@@ -102,13 +102,15 @@ def _check_license(source: WeightSource, accept_license: bool) -> None:
     logger.info("recorded acceptance of %s for %s in %s", source.license, source.name, path)
 
 
-def _installed(source: WeightSource) -> Path | None:
+def _installed(source: WeightSource, root: Path | None) -> Path | None:
     """The file runs would use now, if it has an official name (an accepted unverified file does not count)."""
-    try:
-        found = find_weight_file(source)
-    except WeightError:
-        return None
-    return None if found.name.startswith(UNVERIFIED_PREFIX) else found
+    for where in ([root] if root is not None else []) + [None]:
+        try:
+            found = find_weight_file(source, where)
+        except WeightError:
+            continue
+        return None if found.name.startswith(UNVERIFIED_PREFIX) else found
+    return None
 
 
 def _check_digests(source: WeightSource, digests: dict[str, str], published: dict[str, str], partial: Path,
@@ -224,9 +226,13 @@ def fetch(source: WeightSource | str, *, accept_license: bool = False, force: bo
     dest = installed_path(source, source.fetch_filename, store)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest.with_name(f".{dest.name}.lock"))):
-        found = None if force else _installed(source)
+        found = None if force else _installed(source, Path(root).expanduser() if root is not None else None)
         if found is not None:  # includes torchvision files in torch hub's cache, used as they are
-            loaded = _verify(source, found, str(found), trust)
+            try:
+                loaded = _verify(source, found, str(found), trust)
+            except FetchError as exc:
+                raise FetchError(f"{exc}; the installed file {found} is the problem: fetch again with --force "
+                                 "(force=True) to replace it") from exc
             return FetchResult(source.name, found, "already installed", loaded.verification, loaded.sha256,
                                found.stat().st_size, time.perf_counter() - start, str(found))
         if source.fetch is None or source.fetch.kind == MANUAL:
