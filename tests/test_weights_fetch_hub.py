@@ -44,6 +44,9 @@ def test_hub_file_is_downloaded_into_the_hub_cache_verified_and_installed(weight
     cached = tmp_path / "hf" / "hub" / "models--org--r18-test" / "snapshots" / COMMIT / "weights" / "r18.pth"
     assert cached.read_bytes() == body and cached.resolve().name == sha  # huggingface_hub's own cache layout
     assert weight_server.seen(f"/{REPO_ID}/resolve/{COMMIT}/weights/r18.pth", method="HEAD")
+    again = fetch("t_hub", force=True, progress=False)  # past cxrkit's own store: the hub cache answers
+    assert again.path.read_bytes() == body
+    assert len(weight_server.seen(f"/{REPO_ID}/resolve/{COMMIT}/weights/r18.pth")) == 1  # no second download
 
 
 def test_a_gated_repository_needs_the_users_token(weight_server, hub_plugin, weight_store, body, monkeypatch):

@@ -17,6 +17,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cxrkit.weights.errors import WeightError
 from cxrkit.weights.source import WeightSource
 
 __all__ = ["CONFIG_DIR_ENV", "config_dir", "licenses_file", "is_accepted", "record_acceptance", "license_text"]
@@ -44,7 +45,7 @@ def _read() -> dict[str, dict[str, str]]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable licence record ({exc}); fix or delete it") from None
+        raise WeightError(f"{path}: not a readable licence record ({exc}); fix or delete it") from None
     return data if isinstance(data, dict) else {}
 
 
