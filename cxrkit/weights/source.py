@@ -55,8 +55,8 @@ class WeightSource:
         architecture: backbone registry name the weights fit, e.g. ``"resnet50"``.
         filenames: file names the source is published under, preferred first.
             Empty only for sources without pretraining (``pretrained=False``).
-        origin: URL or publication place of the file (shown to users; cxrkit
-            never downloads anything).
+        origin: URL or publication place of the file (shown to users; what
+            ``cxrkit weights fetch`` downloads is in ``fetch``).
         description: one line shown by ``cxrkit list weights``.
         citation: reference to cite when using the weights.
         hash_prefix: published digest (or its leading hex digits) of the first
