@@ -268,3 +268,17 @@ def test_a_damaged_installed_file_is_named_and_replaced_with_force(weight_server
     with pytest.raises(FetchError, match=f"the installed file {damaged} is the problem: fetch again with --force"):
         fetch("t_fetch", progress=False)
     assert fetch("t_fetch", force=True, progress=False).path.read_bytes() == body
+
+
+def test_a_fetch_digest_belongs_to_the_published_file_only():
+    from cxrkit.weights import WeightSource
+
+    source = WeightSource(name="x", architecture="resnet18", filenames=("a.pth.tar", "a.pth"), origin="o",
+                          description="d", fetch=FetchSpec(url=URL, md5="abcd1234"))
+    assert source.published_hashes("a.pth.tar") == {"md5": ("abcd1234",)}
+    assert source.published_hashes("unverified-a.pth.tar") == {"md5": ("abcd1234",)}
+    assert source.published_hashes("downloaded.bin") == {"md5": ("abcd1234",)}  # a renamed copy of it
+    assert source.published_hashes("a.pth") == {}  # the flat re-save is another file
+    with pytest.raises(ValueError, match="fetch.filename 'b.pth' is not one of"):
+        WeightSource(name="x", architecture="resnet18", filenames=("a.pth",), origin="o", description="d",
+                     fetch=FetchSpec(url=URL, filename="b.pth"))
