@@ -1,8 +1,9 @@
 """Shared fixtures. Helpers without fixtures are in ``tests/support/`` (no test imports another test module).
 
 Fixtures here: ``fake_dists`` (installed distributions with entry points), ``scratch`` / ``drop_checkpoints`` /
-``tiny`` (weight files), ``tiny_run`` (a run trained once per session), ``weights_store`` / ``isolated``
-(a private weights folder, HOME and feature cache), ``label_server`` (a real MONAI Label server),
+``tiny`` (weight files), ``weight_server`` (a loopback server the weight origins are mirrored to), ``tiny_run``
+(a run trained once per session), ``weights_store`` / ``isolated`` (a private weights folder, HOME and feature
+cache), ``label_server`` (a real MONAI Label server),
 ``shortcut_plugin`` / ``shortcut_runs`` (runs trained on synthetic sets with a known answer: the class is a
 corner marker, or lives inside the lungs).
 """
@@ -19,6 +20,7 @@ from support.paths import REPO, SHARED_DATA, shared_data
 from support.shortcuts import plugin_registered, train_small
 from support.training import train_tiny_run, write_inat_swav
 from support.weights import TINY
+from support.weightserver import WeightServer
 
 __all__ = ["REPO", "SHARED_DATA", "shared_data", "FakeDistributions"]
 
@@ -158,6 +160,20 @@ def isolated(tmp_path, monkeypatch, weights_store) -> Path:
     monkeypatch.setenv("CXRKIT_FEATURE_CACHE", str(tmp_path / "features"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture
+def weight_server(weight_store, tmp_path, monkeypatch):
+    """A loopback server (127.0.0.1) that origins' URLs are mirrored to (``CXRKIT_WEIGHTS_MIRROR``), with an empty
+    weights folder, a private config folder (licence records) and hub cache; ``HF_ENDPOINT`` points at it too."""
+    monkeypatch.setenv("CXRKIT_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with WeightServer() as server:
+        monkeypatch.setenv("CXRKIT_WEIGHTS_MIRROR", server.mirror)
+        monkeypatch.setenv("HF_ENDPOINT", server.base)
+        yield server
 
 
 # ---- trained models and servers ----------------------------------------------------------------------------

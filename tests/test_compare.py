@@ -30,12 +30,13 @@ def compare_cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_plan_skips_absent_files_with_the_import_command(isolated, weights_store):
+def test_plan_skips_absent_files_with_the_fetch_command(isolated, weights_store):
     plans = {p.plugin: p for p in plan_plugins(["random", "inat_swav", "swav"])}
     assert plans["random"].skipped is None and plans["random"].weights_path is None
     assert plans["inat_swav"].skipped is None
     assert plans["inat_swav"].weights_path == str((weights_store / "inat_swav" / "inat2021_swav_mini_1000_ep.pth")
                                                   .resolve())
+    assert "`cxrkit weights fetch swav --accept_license`" in plans["swav"].skipped
     assert "cxrkit weights import swav /path/to/swav_800ep_pretrain.pth.tar" in plans["swav"].skipped
     assert resolve_plugins("random, inat_swav") == ["random", "inat_swav"]
     assert "random" in resolve_plugins("all") and "swav" in resolve_plugins(["all"])

@@ -212,6 +212,7 @@ def test_allow_missing_warns_with_the_import_command(tmp_path, monkeypatch, capl
     assert info["pretrained"] is False and info["path"] is None and backbone.num_features == 2048
     assert "RANDOMLY INITIALISED" in caplog.text
     assert "cxrkit weights import moco_v2 /path/to/moco_v2_800ep_pretrain.pth.tar" in caplog.text
+    assert "run `cxrkit weights fetch moco_v2 --accept_license`" in caplog.text
     with pytest.raises(WeightError, match="not found"):
         build_pretrained_backbone("moco_v2")
 

@@ -84,7 +84,8 @@ def test_check_errors_for_unknown_plugin_missing_file_and_random(weight_store, c
 def test_import_then_list_and_check_find_the_file(scratch, tiny, weight_store, capsys):
     path = tiny_file(scratch, name="downloaded.bin")
     assert main(["weights", "list"]) == 0
-    assert table_row(capsys.readouterr().out, TINY) == [TINY, "resnet18", "r18.pth", "no", "-", "-"]
+    assert table_row(capsys.readouterr().out, TINY) == [TINY, "resnet18", "r18.pth", "manual", "unknown", "manual",
+                                                             "-"]
     assert main(["weights", "import", TINY, str(path)]) == 0
     out = capsys.readouterr().out
     dest = weight_store / TINY / "r18.pth"
@@ -92,8 +93,8 @@ def test_import_then_list_and_check_find_the_file(scratch, tiny, weight_store, c
     assert main(["weights", "import", TINY, str(path)]) == 0
     assert "already installed" in capsys.readouterr().out
     assert main(["weights", "list"]) == 0
-    assert table_row(capsys.readouterr().out, TINY) == [TINY, "resnet18", "r18.pth", "yes",
-                                                             "unverifiable (no published hash)", str(dest)]
+    assert table_row(capsys.readouterr().out, TINY) == [TINY, "resnet18", "r18.pth", "installed (unverifiable)",
+                                                         "unknown", "manual", str(dest)]
     assert main(["weights", "check", TINY]) == 0
     assert f"file      {dest}" in capsys.readouterr().out
 
@@ -132,4 +133,6 @@ def test_info_shows_the_record(capsys):
     assert main(["weights", "info", "moco_v2"]) == 0
     out = capsys.readouterr().out
     assert "moco_v2_800ep_pretrain.pth.tar" in out and "module.encoder_q." in out
-    assert "published_hashes  {'md5': ('a04e12f8',)}" in out
+    assert re.search(r"published_hashes\s+\{'md5': \('a04e12f8',\)\}", out)
+    assert re.search(r"license\s+CC-BY-NC-4.0 \(restricted\)\n", out)
+    assert re.search(r"fetch\s+https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/", out)

@@ -159,6 +159,7 @@ def test_missing_file_message_names_file_places_origin_and_command(tmp_path, mon
         assert f"  {place}\n" in msg
     assert "https://github.com/visipedia/newt" in msg
     assert "cxrkit weights import inat_swav /path/to/inat2021_swav_mini_1000_ep.pth" in msg
+    assert "Get it with:\n  cxrkit weights fetch inat_swav\n" in msg
     assert isinstance(err.value, FileNotFoundError)
 
 

@@ -54,7 +54,7 @@ def test_mismatched_file_is_refused_then_accepted_as_unverified_everywhere(tmp_p
 
     assert main(["weights", "list"]) == 0
     assert list_row(capsys.readouterr().out, "test_published")[3:] == [
-        "yes", "UNVERIFIED (hash mismatch)", str(installed)]
+        "installed (UNVERIFIED)", "unknown", "manual", str(installed)]
     assert main(["weights", "check", "test_published"]) == 0
     assert "UNVERIFIED weights" in capsys.readouterr().out
 
@@ -88,8 +88,8 @@ def test_matching_and_unpublished_hashes_install_under_the_official_name(tmp_pat
     assert (weight_store / "test_unpublished" / "r18.pth").is_file()
     assert main(["weights", "list"]) == 0
     out = capsys.readouterr().out
-    assert list_row(out, "test_matching")[4] == "verified"
-    assert list_row(out, "test_unpublished")[4] == "unverifiable (no published hash)"
+    assert list_row(out, "test_matching")[3] == "installed (verified)"
+    assert list_row(out, "test_unpublished")[3] == "installed (unverifiable)"
 
 
 def test_an_official_file_wins_over_an_accepted_unverified_one(tmp_path, weight_plugin, weight_store):

@@ -360,6 +360,7 @@ def render_text(name: str, plugin: str) -> str:
         "filenames": ", ".join(f"`{f}`" for f in source.filenames) or "none: random initialisation",
         "origin": source.origin or "n/a",
         "import_command": source.import_command() if source.pretrained else "(no weight file needed)",
+        "fetch_command": source.fetch_command() if source.pretrained else "(no weight file needed)",
         "image_size": str(source.input_size),
         "citation": source.citation or "n/a",
     }

@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if source.pretrained and not weights_available(args.plugin):
         print(
             f"The '{args.plugin}' weight file ({source.filenames[0]}) is not installed, so the demo trains from "
-            f"RANDOM initialisation. To use the pretrained weights, get the file from {source.origin} and run:\n"
-            f"  {source.import_command()}\n"
+            f"RANDOM initialisation. To use the pretrained weights, run:\n  {source.fetch_command()}\n"
+            f"(or `{source.import_command()}` for a file you already have)\n"
         )
     try:
         result = run_demo(

@@ -1,4 +1,4 @@
-"""``cxrkit weights list|info|check|import``: find, inspect, verify and install weight files."""
+"""``cxrkit weights list|info|check|import|fetch``: find, inspect, verify, install and fetch weight files."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from cxrkit.cli import CLIError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from cxrkit.options import CommandFormatter, add_common, add_option
 
-    p = sub.add_parser("weights", help="list, check and import pretrained weight files (never downloads)",
+    p = sub.add_parser("weights", help="list, fetch, check and import pretrained weight files",
                        formatter_class=CommandFormatter)
     wsub = p.add_subparsers(dest="weights_command", metavar="ACTION")
     p.set_defaults(func=lambda args: _usage(p))
@@ -44,6 +44,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                help="install a file that does not match the origin's published hash, as UNVERIFIED weights: "
                "give the file's full sha256 (the refusal prints it)")
     imp.set_defaults(func=run_import)
+
+    from cxrkit.options import arg_type, integer, number
+
+    get = wsub.add_parser("fetch", help="download a plugin's file from where it is published, verify it, install "
+                          "it (the only command that downloads)", formatter_class=CommandFormatter)
+    get.add_argument("plugins", nargs="*", metavar="PLUGIN")
+    add_option(get, "--all", action="store_true", help="every plugin with pretrained weights")
+    add_option(get, "--accept_license", action="store_true",
+               help="accept the licence of a restricted source (recorded once; `weights list` shows licences)")
+    add_option(get, "--force", action="store_true", help="download again even when a file is installed")
+    add_common(get, "trust_weights", "--trust")
+    add_option(get, "--timeout", type=arg_type(number, minimum=0.01), default=30.0, metavar="S",
+               help="seconds without a byte before a request is abandoned and retried")
+    add_option(get, "--retries", type=arg_type(integer, minimum=0), default=4, metavar="N",
+               help="retries after a cut connection, a timeout or a server error (backoff doubles)")
+    add_option(get, "--workers", type=arg_type(integer, minimum=1), default=4, metavar="N",
+               help="files downloaded at once")
+    get.set_defaults(func=run_fetch)
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -77,43 +95,36 @@ def _weight_errors() -> Iterator[None]:
                 warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
-def _verification_cell(source, path) -> str:
-    """``verified`` / ``UNVERIFIED`` / ``unverifiable`` for a found file (hashes only when a hash is published)."""
-    from cxrkit.weights.checkpoint import file_digests
-    from cxrkit.weights.provenance import UNVERIFIED, check_hash, verification
-
-    published = source.published_hashes()
-    if not published:
-        return "unverifiable (no published hash)"
-    status = verification(check_hash(source, file_digests(path, published), path, warn=False))
-    return "UNVERIFIED (hash mismatch)" if status == UNVERIFIED else status
-
-
 def run_list(args: argparse.Namespace) -> int:
     from cxrkit.cli.table import format_table
     from cxrkit.registry import weights
     from cxrkit.weights import WeightError, find_weight_file, get_source, weights_dir
+    from cxrkit.weights.fetching import fetch_state
+    from cxrkit.weights.licenses import license_text
 
     rows = []
     for name in weights.names():
         try:
             source = get_source(name)
         except Exception as exc:  # noqa: BLE001 - a broken plugin is shown, not fatal
-            rows.append((name, "?", "?", "BROKEN", "-", f"{type(exc).__name__}: {exc}"))
+            rows.append((name, "?", "?", "BROKEN", "-", "-", f"{type(exc).__name__}: {exc}"))
             continue
         if not source.pretrained:
-            rows.append((name, source.architecture, "-", "n/a", "-", "no pretraining"))
+            rows.append((name, source.architecture, "-", "n/a", "-", "-", "no pretraining"))
             continue
+        state = fetch_state(source)
         try:
-            found = find_weight_file(source)
-            rows.append((name, source.architecture, source.filenames[0], "yes", _verification_cell(source, found),
-                         str(found)))
+            where = str(find_weight_file(source))
         except WeightError:
-            rows.append((name, source.architecture, source.filenames[0], "no", "-", "-"))
-    print(format_table(["plugin", "architecture", "expected file", "found", "verified", "where"], rows,
-                       max_width=1000))
-    print(f"\nweights folder: {weights_dir()} (set CXRKIT_WEIGHTS_DIR to change; "
-          "install a file with `cxrkit weights import PLUGIN FILE`)\n"
+            where = source.fetch_command() if state.startswith("fetchable") else "-"
+        rows.append((name, source.architecture, source.filenames[0], state, license_text(source),
+                     source.fetch.kind if source.fetch is not None else "manual", where))
+    print(format_table(["plugin", "architecture", "expected file", "state", "licence", "published", "where"],
+                       rows, max_width=1000))
+    print(f"\nweights folder: {weights_dir()} (set CXRKIT_WEIGHTS_DIR to change; get a file with "
+          "`cxrkit weights fetch PLUGIN`, or install one you have with `cxrkit weights import PLUGIN FILE`)\n"
+          "fetchable: `cxrkit weights fetch` downloads it ((licence): needs --accept_license once); manual: no "
+          "direct link, `fetch` prints the steps\n"
           "verified: the file matches the hash its origin publishes; UNVERIFIED: it does not (accepted with "
           "--accept_sha256); unverifiable: the origin publishes no hash (docs/weights.md)")
     return 0
@@ -124,8 +135,12 @@ def run_info(args: argparse.Namespace) -> int:
 
     with _weight_errors():
         source = get_source(args.plugin)
+    from cxrkit.weights.licenses import license_text
+
     record = source.to_dict()
+    record["license"] = license_text(source)
     record["published_hashes"] = source.published_hashes() or "none"
+    record["fetch"] = source.fetch.location() if source.fetch is not None else "none (import the file by hand)"
     width = max(map(len, record))
     for key, value in record.items():
         print(f"{key.ljust(width)}  {value}")
@@ -195,3 +210,53 @@ def run_import(args: argparse.Namespace) -> int:
         print(f"note: {result.shadowed_by} has an official name and is found first; runs use it, not this "
               "unverified file, until it is removed")
     return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from cxrkit.cli.table import format_table
+    from cxrkit.registry import RegistryError
+    from cxrkit.weights import get_source
+    from cxrkit.weights.fetching import (
+        FetchResult,
+        LicenseNotAcceptedError,
+        ManualFetchError,
+        fetch_all,
+        fetchable_sources,
+    )
+
+    if args.all == bool(args.plugins):
+        raise CLIError("name the plugins to fetch, or pass --all (not both)", code=2)
+    names = fetchable_sources() if args.all else list(args.plugins)
+    for name in names:
+        try:
+            get_source(name)
+        except RegistryError as exc:
+            raise CLIError(str(exc), code=2) from exc
+    with _weight_errors():
+        results = fetch_all(names, workers=args.workers, accept_license=args.accept_license, force=args.force,
+                            trust=args.trust_weights, timeout=args.timeout, retries=args.retries)
+    rows, failed = [], 0
+    for name, result in results.items():
+        if isinstance(result, FetchResult):
+            rows.append((name, result.action, _size(result.size), result.verification, f"{result.seconds:.1f}",
+                         str(result.path)))
+            continue
+        failed += 1
+        label = ("manual" if isinstance(result, ManualFetchError) else
+                 "licence" if isinstance(result, LicenseNotAcceptedError) else "FAILED")
+        print(f"{name}: {result}" if label == "manual" else f"error: {str(result).splitlines()[0]}",
+              file=sys.stderr)
+        rows.append((name, label, "-", "-", "-", str(result).splitlines()[0] if label != "manual" else
+                     f"see the steps above, then `{get_source(name).import_command()}`"))
+    print(format_table(["plugin", "result", "size", "digest", "seconds", "file"], rows, max_width=1000))
+    if failed:
+        print(f"\n{failed} of {len(rows)} not fetched (see above); nothing partial was installed", file=sys.stderr)
+    return 1 if failed else 0

@@ -3,7 +3,7 @@
 :func:`run_comparison` does, in order:
 
 1. checks every chosen plugin's weight file up front (``random`` never needs one); a
-   plugin without its file is *skipped*, with the reason and its ``cxrkit weights import`` command;
+   plugin without its file is *skipped*, with the reason and its ``cxrkit weights fetch`` command;
 2. makes the split ONCE (per fold with ``folds``) and writes it into the comparison folder
    (``split.json``, or ``split-fold<k>.json``), so every plugin trains on identical images and is
    tested on the same held-out test part (shared by every fold);
@@ -224,8 +224,8 @@ def plan_plugins(plugins: Sequence[str], weights_dir: str | None = None) -> list
             plans.append(PluginPlan(source.name, weights_path=str(found)))
         except WeightError as exc:
             looked = f" (also looked in {weights_dir})" if weights_dir else ""
-            reason = (f"weight file {' or '.join(source.filenames)} not found{looked}; get it from {source.origin} "
-                      f"and run `{source.import_command()}`")
+            reason = (f"weight file {' or '.join(source.filenames)} not found{looked}; get it with "
+                      f"`{source.fetch_command()}` (or `{source.import_command()}` for a file you have)")
             logger.info("skipping %s: %s", source.name, str(exc).splitlines()[0])
             plans.append(PluginPlan(source.name, skipped=reason))
     return plans

@@ -3,7 +3,8 @@
 A weight plugin is a :class:`WeightSource` record registered in
 :data:`cxrkit.registry.weights` (built-ins in :mod:`cxrkit.weights.builtin`,
 third parties through the ``cxrkit.weights`` entry-point group). Loading finds
-the file locally (never downloads), opens it with ``weights_only=True`` after a
+the file locally (never downloads: only :func:`fetch`, ``cxrkit weights fetch``,
+does, explicitly), opens it with ``weights_only=True`` after a
 static scan of its pickles, applies the source's key filter and verifies every
 backbone tensor before loading. Each file is marked verified, unverified or
 unverifiable against its origin's published hash (:mod:`cxrkit.weights.provenance`).
@@ -32,17 +33,24 @@ from cxrkit.weights.errors import (
     WeightHashWarning,
     WeightMismatchError,
 )
+from cxrkit.weights.fetchspec import FetchSpec
 from cxrkit.weights.source import IMAGENET_MEAN, IMAGENET_STD, WeightSource, get_source
 from cxrkit.weights.store import find_weight_file, weights_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from cxrkit.weights.backbone import build_pretrained_backbone
+    from cxrkit.weights.fetching import FetchError, FetchResult, fetch, fetch_all
     from cxrkit.weights.install import ImportResult, import_weight_file
     from cxrkit.weights.load import LoadedWeights, LoadReport, load_pretrained, load_state_dict
     from cxrkit.weights.verify import adapt_conv_channels
 
 __all__ = [
     "WeightSource",
+    "FetchSpec",
+    "fetch",
+    "fetch_all",
+    "FetchResult",
+    "FetchError",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "get_source",
@@ -75,6 +83,10 @@ _LAZY = {
     "import_weight_file": "cxrkit.weights.install",
     "ImportResult": "cxrkit.weights.install",
     "adapt_conv_channels": "cxrkit.weights.verify",
+    "fetch": "cxrkit.weights.fetching",
+    "fetch_all": "cxrkit.weights.fetching",
+    "FetchResult": "cxrkit.weights.fetching",
+    "FetchError": "cxrkit.weights.download",
 }
 
 

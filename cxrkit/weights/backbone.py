@@ -69,8 +69,8 @@ def build_pretrained_backbone(
             raise
         logger.warning(
             "weights for plugin '%s' not found; continuing with a RANDOMLY INITIALISED %s. To use the "
-            "pretrained weights, get %s from %s and run: %s\n%s",
-            source.name, source.architecture, source.filenames[0], source.origin, source.import_command(), exc,
+            "pretrained weights, run `%s` (or `%s` for a file you have)\n%s",
+            source.name, source.architecture, source.fetch_command(), source.import_command(), exc,
         )
         return backbone, info
     info.update(

@@ -8,6 +8,7 @@ file layouts (containers, prefixes, heads) are documented in
 from __future__ import annotations
 
 from cxrkit.registry import weights
+from cxrkit.weights.fetchspec import FetchSpec
 from cxrkit.weights.source import IMAGENET_MEAN, WeightSource
 
 __all__ = ["BUILTIN_SOURCES"]
@@ -25,6 +26,16 @@ _VANHORN2021 = (
     "for Natural World Image Collections. CVPR 2021."
 )
 _MOCO = "https://dl.fbaipublicfiles.com/moco/moco_checkpoints/"
+_ZENODO_FILES = "https://zenodo.org/records/5205234/files/"
+# The NeWT archive is a 5.7 GB share on cornell.box.com (no direct link), linked from the benchmark's README.
+_NEWT_STEPS = (
+    "download the NeWT pretrained-model archive (5.7 GB) from "
+    "https://cornell.box.com/s/bnyhq5lwobu6fgjrub44zle0pyjijbmw "
+    "(linked from https://github.com/visipedia/newt/tree/main/benchmark), unpack it and find {file} among its "
+    "PyTorch models"
+)
+# facebookresearch/moco and facebookresearch/swav publish code and weights under CC BY-NC 4.0.
+_FAIR_NC = "CC-BY-NC-4.0"
 # MoCo's momentum encoder and queue, if a file still holds them, become these after `module.` is stripped.
 _MOCO_DROP = ("fc.", "encoder_k.", "queue")
 _SWAV_DROP = ("projection_head.", "prototypes.")
@@ -45,6 +56,8 @@ def _chest(name: str, stem: str, description: str) -> WeightSource:
         description=description,
         citation=_TAHER2021,
         drop_prefixes=("fc.",),  # fc.0 = Linear(2048, 14) followed by a Sigmoid
+        # Zenodo lists an md5 per file on the record page; not copied here until read from it (unverifiable).
+        fetch=FetchSpec(url=f"{_ZENODO_FILES}{stem}.pth.tar?download=1", filename=f"{stem}.pth.tar"),
     )
 
 
@@ -60,6 +73,8 @@ BUILTIN_SOURCES: tuple[WeightSource, ...] = (
         hash_prefix="0676ba61",
         hash_in_filename=True,
         search_torch_hub=True,
+        license="BSD-3-Clause",
+        fetch=FetchSpec(url=_TORCHVISION + "resnet50-0676ba61.pth"),
     ),
     WeightSource(
         name="imagenet_v2",
@@ -72,6 +87,8 @@ BUILTIN_SOURCES: tuple[WeightSource, ...] = (
         hash_in_filename=True,
         resize=232,
         search_torch_hub=True,
+        license="BSD-3-Clause",
+        fetch=FetchSpec(url=_TORCHVISION + "resnet50-11ad3fa6.pth"),
     ),
     _chest("chestxray14", "chestxray14", "ResNet50 trained on ChestX-ray14 from scratch (in-domain)"),
     _chest("chexpert", "chexpert", "ResNet50 trained on CheXpert from scratch (in-domain)"),
@@ -85,6 +102,7 @@ BUILTIN_SOURCES: tuple[WeightSource, ...] = (
         description="iNat2021 supervised ResNet50, initialised from ImageNet",
         citation=_VANHORN2021,
         drop_prefixes=("fc.",),  # 10000 species
+        fetch=FetchSpec(manual=_NEWT_STEPS.format(file="inat2021_supervised_large.pth.tar")),
     ),
     WeightSource(
         name="inat2021_supervised_from_scratch",
@@ -94,6 +112,7 @@ BUILTIN_SOURCES: tuple[WeightSource, ...] = (
         description="iNat2021 supervised ResNet50 trained from scratch",
         citation=_VANHORN2021,
         drop_prefixes=("fc.",),
+        fetch=FetchSpec(manual=_NEWT_STEPS.format(file="inat2021_supervised_large_from_scratch.pth.tar")),
     ),
     WeightSource(
         name="inat_swav",
@@ -103,6 +122,7 @@ BUILTIN_SOURCES: tuple[WeightSource, ...] = (
         description="iNat2021 Mini SwAV 1k: self-supervised ResNet50 (best in Hossain 2022)",
         citation=_VANHORN2021,
         drop_prefixes=_SWAV_DROP,
+        fetch=FetchSpec(manual=_NEWT_STEPS.format(file="inat2021_swav_mini_1000_ep.pth")),
     ),
     WeightSource(
         name="swav",
@@ -115,6 +135,9 @@ BUILTIN_SOURCES: tuple[WeightSource, ...] = (
         std=(0.228, 0.224, 0.225),  # SwAV's own evaluation pipeline
         mean=IMAGENET_MEAN,
         drop_prefixes=_SWAV_DROP,
+        license=_FAIR_NC,
+        license_restricted=True,
+        fetch=FetchSpec(url="https://dl.fbaipublicfiles.com/deepcluster/swav_800ep_pretrain.pth.tar"),
     ),
     WeightSource(
         name="moco_v1",
@@ -128,6 +151,9 @@ BUILTIN_SOURCES: tuple[WeightSource, ...] = (
         hash_algorithm="md5",
         strip_prefixes=("module.encoder_q.", "module."),
         drop_prefixes=_MOCO_DROP,  # fc = Linear(2048, 128)
+        license=_FAIR_NC,
+        license_restricted=True,
+        fetch=FetchSpec(url=_MOCO + "moco_v1_200ep/moco_v1_200ep_pretrain.pth.tar"),
     ),
     WeightSource(
         name="moco_v2",
@@ -141,6 +167,9 @@ BUILTIN_SOURCES: tuple[WeightSource, ...] = (
         hash_algorithm="md5",
         strip_prefixes=("module.encoder_q.", "module."),
         drop_prefixes=_MOCO_DROP,  # fc.0 = Linear(2048, 2048), fc.2 = Linear(2048, 128)
+        license=_FAIR_NC,
+        license_restricted=True,
+        fetch=FetchSpec(url=_MOCO + "moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar"),
     ),
     WeightSource(
         name="chexnet",
@@ -153,6 +182,10 @@ BUILTIN_SOURCES: tuple[WeightSource, ...] = (
         strip_prefixes=("module.densenet121.", "densenet121.", "module."),
         drop_prefixes=("classifier.",),  # classifier.0 = Linear(1024, 14) followed by a Sigmoid
         renames=(_DENSENET_LEGACY,),
+        # The repository states no licence: no use is granted by default, so the user accepts responsibility.
+        license="none stated",
+        license_restricted=True,
+        fetch=FetchSpec(url="https://github.com/arnoweng/CheXNet/raw/master/model.pth.tar"),
     ),
     WeightSource(
         name="random",

@@ -80,8 +80,8 @@ def _refuse_unverified(source: WeightSource, src: Path, loaded: LoadedWeights) -
     sha = loaded.sha256
     return UnverifiedWeightError(
         f"{src}: sha256 {sha} does not match what {source.origin} publishes for plugin '{source.name}' "
-        f"({published_text(source)}). The file may be damaged, re-saved, another release, or not these weights "
-        "at all: get it again from the origin and compare. Nothing was installed.\n"
+        f"({published_text(source, src.name)}). The file may be damaged, re-saved, another release, or not these "
+        "weights at all: get it again from the origin and compare. Nothing was installed.\n"
         "To use this exact file anyway as UNVERIFIED weights (installed as "
         f"{UNVERIFIED_PREFIX}{source.filenames[0]}, and marked unverified in `cxrkit weights list`, in every run's "
         "weights.json and in reports), run:\n"

@@ -155,7 +155,7 @@ class _Read:
 def _read(source: WeightSource | str, path: PathLike | None, trust: bool) -> _Read:
     source = get_source(source)
     file = find_weight_file(source, path)
-    digests = file_digests(file, source.published_hashes())
+    digests = file_digests(file, source.published_hashes(Path(file).name))
     hash_ok = check_hash(source, digests, file)
     obj = open_checkpoint(file, trust=trust)
     filtered = apply_key_filter(obj, source, file)

@@ -53,9 +53,9 @@ def verification(hash_ok: bool | None) -> str:
     return UNVERIFIABLE if hash_ok is None else VERIFIED if hash_ok else UNVERIFIED
 
 
-def published_text(source: WeightSource) -> str:
+def published_text(source: WeightSource, filename: str | None = None) -> str:
     """The published digests in words, e.g. ``sha256 starting 0676ba61 or 11ad3fa6``; ``""`` when none."""
-    return "; ".join(f"{alg} starting {' or '.join(p)}" for alg, p in source.published_hashes().items())
+    return "; ".join(f"{alg} starting {' or '.join(p)}" for alg, p in source.published_hashes(filename).items())
 
 
 def check_hash(source: WeightSource, digests: dict[str, str], path: str | os.PathLike[str],
@@ -71,7 +71,7 @@ def check_hash(source: WeightSource, digests: dict[str, str], path: str | os.Pat
     Returns:
         ``None`` when the origin publishes no hash, else whether a published digest matches.
     """
-    published = source.published_hashes()
+    published = source.published_hashes(os.path.basename(os.fspath(path)))
     if not published:
         return None
     if any(digests.get(alg, "").startswith(p) for alg, prefixes in published.items() for p in prefixes):
@@ -79,7 +79,8 @@ def check_hash(source: WeightSource, digests: dict[str, str], path: str | os.Pat
     if warn:
         got = "; ".join(f"{alg} {digests[alg]}" for alg in published if alg in digests)
         warnings.warn(
-            f"{path}: hash mismatch for plugin '{source.name}': {source.origin} publishes {published_text(source)}, "
+            f"{path}: hash mismatch for plugin '{source.name}': {source.origin} publishes "
+            f"{published_text(source, os.path.basename(os.fspath(path)))}, "
             f"the file has {got}. These are UNVERIFIED weights: the file may be damaged, re-saved or a different "
             "release; check where it came from.",
             WeightHashWarning,

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import TYPE_CHECKING, Callable, Mapping
+
+from cxrkit.weights.fetchspec import FetchSpec
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported lazily
     import torch
@@ -53,8 +55,8 @@ class WeightSource:
         architecture: backbone registry name the weights fit, e.g. ``"resnet50"``.
         filenames: file names the source is published under, preferred first.
             Empty only for sources without pretraining (``pretrained=False``).
-        origin: URL or publication place of the file (shown to users; cxrkit
-            never downloads anything).
+        origin: URL or publication place of the file (shown to users; what
+            ``cxrkit weights fetch`` downloads is in ``fetch``).
         description: one line shown by ``cxrkit list weights``.
         citation: reference to cite when using the weights.
         hash_prefix: published digest (or its leading hex digits) of the first
@@ -77,6 +79,14 @@ class WeightSource:
         drop_prefixes: key prefixes of tensors to drop (heads, momentum encoders).
         renames: ``(regex, replacement)`` pairs applied to every key.
         filter_fn: optional last filter step, ``f(state_dict) -> state_dict``.
+        license: short name of the licence the weights are published under, shown to users
+            (``"BSD-3-Clause"``, ``"MIT"``, ``"CC-BY-NC-4.0"``, ``"research-only"``; ``""`` = unknown).
+        license_restricted: the licence restricts use (non-commercial, research only, gated, terms to
+            accept): ``cxrkit weights fetch`` gets the file only with ``--accept_license`` (or after the
+            user accepted it once, see :mod:`cxrkit.weights.licenses`).
+        fetch: where the file is published and how ``cxrkit weights fetch`` gets it
+            (:class:`~cxrkit.weights.fetchspec.FetchSpec`); ``None``: no fetch description, the
+            file must be imported by hand.
 
     Raises:
         ValueError: on construction, when a field is inconsistent (the message
@@ -105,6 +115,9 @@ class WeightSource:
     drop_prefixes: tuple[str, ...] = ("fc.",)
     renames: tuple[tuple[str, str], ...] = ()
     filter_fn: FilterFn | None = None
+    license: str = ""
+    license_restricted: bool = False
+    fetch: FetchSpec | None = None
 
     def __post_init__(self) -> None:
         for name in _TUPLE_FIELDS:  # accept lists from plugin authors, store tuples
@@ -139,12 +152,37 @@ class WeightSource:
             re.compile(pattern)
         if self.filter_fn is not None and not callable(self.filter_fn):
             raise ValueError(f"{where}: filter_fn must be callable")
+        if self.fetch is not None:
+            if not isinstance(self.fetch, FetchSpec):
+                raise ValueError(f"{where}: fetch must be a cxrkit.weights.FetchSpec, not {type(self.fetch).__name__}")
+            if not self.pretrained:
+                raise ValueError(f"{where}: a source without pretraining has nothing to fetch")
+            if self.fetch.filename and self.fetch.filename not in self.filenames:
+                raise ValueError(f"{where}: fetch.filename {self.fetch.filename!r} is not one of {self.filenames}")
 
-    def published_hashes(self) -> dict[str, tuple[str, ...]]:
-        """Published digest prefixes by algorithm, e.g. ``{"sha256": ("0676ba61",)}``."""
+    @property
+    def fetch_filename(self) -> str:
+        """The name a fetched file is installed under (``fetch.filename`` or the first file name)."""
+        return (self.fetch.filename if self.fetch is not None and self.fetch.filename else None) or (
+            self.filenames[0] if self.filenames else "")
+
+    def published_hashes(self, filename: str | None = None) -> dict[str, tuple[str, ...]]:
+        """Published digest prefixes by algorithm, e.g. ``{"sha256": ("0676ba61",)}``.
+
+        Args:
+            filename: the file's name. A digest in ``fetch`` belongs to the published file only: it is
+                left out for the source's other accepted names (a flat re-save, an older release);
+                ``None`` or an unknown name (a renamed download) includes it.
+        """
         out: dict[str, list[str]] = {}
         if self.hash_prefix:
             out.setdefault(self.hash_algorithm, []).append(self.hash_prefix)
+        if self.fetch is not None and self.fetch.published_digests():
+            name = filename[len("unverified-"):] if filename and filename.startswith("unverified-") else filename
+            if name is None or name == self.fetch_filename or name not in self.filenames:
+                for alg, digest in self.fetch.published_digests().items():
+                    if digest not in out.get(alg, []):
+                        out.setdefault(alg, []).append(digest)
         if self.hash_in_filename:
             for filename in self.filenames:
                 match = _HASH_IN_NAME.search(filename)
@@ -156,6 +194,11 @@ class WeightSource:
         """The exact command that verifies and installs this source's file."""
         return f"cxrkit weights import {self.name} {path or '/path/to/' + (self.filenames or ('FILE',))[0]}"
 
+    def fetch_command(self) -> str:
+        """The command that gets this source's file (downloads it, or prints the manual steps)."""
+        accept = " --accept_license" if self.license_restricted else ""
+        return f"cxrkit weights fetch {self.name}{accept}"
+
     def to_dict(self) -> dict[str, object]:
         """Plain-data view (for run records and docs); ``filter_fn`` becomes its qualified name."""
         out: dict[str, object] = {}
@@ -163,6 +206,8 @@ class WeightSource:
             value = getattr(self, f.name)
             if f.name == "filter_fn" and value is not None:
                 value = f"{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', repr(value))}"
+            elif is_dataclass(value):
+                value = {k: v for k, v in asdict(value).items() if v not in ("", None)}
             out[f.name] = _plain(value)
         return out
 

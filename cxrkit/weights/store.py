@@ -1,6 +1,6 @@
 """Where weight files live on this machine, and how a source's file is found.
 
-Search order for a source's file (nothing is ever downloaded):
+Search order for a source's file (nothing is downloaded here: only ``cxrkit weights fetch`` downloads):
 
 1. an explicit path (a file, or a folder holding one of the expected names);
 2. ``$CXRKIT_WEIGHTS_DIR``;
@@ -83,10 +83,10 @@ def _not_found(source: WeightSource, looked: list[Path], reason: str) -> WeightF
     names = ", ".join(source.filenames)
     places = "\n".join(f"  {p}" for p in looked)
     return WeightFileNotFoundError(
-        f"{reason}\nExpected file name: {names}\nLooked in:\n{places}\n"
-        f"Get the file from its origin: {source.origin} (cxrkit never downloads weights), then run:\n"
-        f"  {source.import_command()}\n"
-        "or pass the file's path explicitly (weights_path=... in Python)."
+        f"{reason}\nExpected file name: {names}\nLooked in:\n{places}\nPublished at: {source.origin}\n"
+        f"Get it with:\n  {source.fetch_command()}\n(cxrkit downloads only in that command; it prints the steps "
+        f"for a file without a direct link). A file you already have: `{source.import_command()}`, "
+        "or pass its path explicitly (weights_path=... in Python)."
     )
 
 

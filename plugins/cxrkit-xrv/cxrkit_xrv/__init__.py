@@ -9,7 +9,7 @@ torchxrayvision itself is never imported.
 
 from __future__ import annotations
 
-from cxrkit.weights import WeightSource
+from cxrkit.weights import FetchSpec, WeightSource
 
 __all__ = ["XRV_RESNET50"]
 
@@ -31,4 +31,7 @@ XRV_RESNET50 = WeightSource(
     container_keys=("state_dict", "model"),
     strip_prefixes=("module.", "model."),
     drop_prefixes=("fc.",),  # Linear(2048, 18): the 18 pathology outputs
+    license="Apache-2.0",  # torchxrayvision's licence; its release assets carry no other terms
+    fetch=FetchSpec(url="https://github.com/mlmed/torchxrayvision/releases/download/v1/"
+                    "pc-nih-rsna-siim-vin-resnet50-test512-e400-state.pt"),
 )
