@@ -17,13 +17,16 @@ CLASSES_3 = ["COVID", "Normal", "Viral Pneumonia"]
 
 
 def split_manifest(classes: list[str], n_val: int, *, fold: int | None = None, seed: int = 0) -> dict:
-    """A split manifest like the engine's: dataset, seed, fold and the image lists."""
+    """A split manifest like the engine's (``cxrkit-split/1``): dataset, root, seed, fold and the entries."""
     rng = np.random.default_rng(1000 + (fold or 0))
-    val = [f"{classes[i % len(classes)]}/img-{(fold or 0) * 1000 + i}.png" for i in range(n_val)]
-    train = [f"{classes[i % len(classes)]}/img-{5000 + i}.png" for i in range(4 * n_val)]
+    val = [{"image": f"{classes[i % len(classes)]}/img-{(fold or 0) * 1000 + i}.png", "label": i % len(classes),
+            "size": None} for i in range(n_val)]
+    train = [{"image": f"{classes[i % len(classes)]}/img-{5000 + i}.png", "label": i % len(classes), "size": None}
+             for i in range(4 * n_val)]
     rng.shuffle(train)
-    return {"dataset": "radiography", "seed": seed, "fold": fold, "n_folds": 5 if fold is not None else None,
-            "train": train, "val": val}
+    return {"format": "cxrkit-split/1", "dataset": "radiography", "root": "/data/radiography",
+            "classes": list(classes), "seed": seed, "fold": fold, "folds": 5 if fold is not None else None,
+            "train": train, "val": val, "test": []}
 
 
 def make_run_folder(
