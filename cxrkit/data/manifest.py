@@ -37,7 +37,7 @@ MANIFEST_FORMAT = "cxrkit-split/1"
 PARTS = ("train", "val", "test")
 #: parts every manifest has (``test`` came later: absent means empty).
 _REQUIRED_PARTS = ("train", "val")
-_SHOWN = 80
+_SHOWN = 120
 
 
 class ManifestError(DatasetError):
@@ -45,8 +45,9 @@ class ManifestError(DatasetError):
 
 
 def _show(value: Any) -> str:
+    """``repr`` (escapes: one line whatever the value holds), its middle cut when long (a path keeps its name)."""
     text = repr(value)
-    return text if len(text) <= _SHOWN else text[:_SHOWN - 3] + "..."
+    return text if len(text) <= _SHOWN else text[:_SHOWN // 2] + "..." + text[-(_SHOWN // 2 - 3):]
 
 
 def _is_int(value: Any) -> bool:

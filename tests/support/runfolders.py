@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CLASSES_2", "CLASSES_3", "split_manifest", "make_run_folder", "md_tables", "read_predictions",
-           "assert_png"]
+__all__ = ["CLASSES_2", "CLASSES_3", "split_manifest", "make_run_folder", "copy_run", "md_tables",
+           "read_predictions", "assert_png"]
 
 CLASSES_2 = ["COVID", "Normal"]
 CLASSES_3 = ["COVID", "Normal", "Viral Pneumonia"]
@@ -120,6 +120,20 @@ def make_run_folder(
         "numpy": "2.4.6", "cxrkit": "0.1.0", "device": "cpu"}))
     (run / "models" / "model.pt").write_bytes(b"not used by reports")
     return run
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """A copy of a run folder to change freely, its large files (models) linked instead of copied."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(run.rglob("*")):
+        target = dest / path.relative_to(run)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.stat().st_size > 1 << 20:
+            target.symlink_to(path.resolve())
+        else:
+            target.write_bytes(path.read_bytes())
+    return dest
 
 
 def md_tables(text: str) -> dict[str, list[list[list[str]]]]:
