@@ -200,13 +200,16 @@ class RunPaths:
         """Whether the folder holds an inference config, metadata and a trained model (what serving needs)."""
         return not self.missing(self.inference_config, self.metadata) and self.trained_model is not None
 
-    def read_split(self, classes: list[str] | None, dataset_dir: Any = None) -> SplitManifest | None:
+    def read_split(self, classes: list[str] | None, dataset_dir: Any = None, *,
+                   same_names: bool = False) -> SplitManifest | None:
         """``split.json``, checked (:func:`cxrkit.data.manifest.read_manifest`); ``None`` when absent.
 
         Args:
             classes: the run's classes (its labels must index them); ``None``: the manifest's own.
             dataset_dir: where the run's dataset is now (``--dataset_dir``): the entries resolve under it
                 instead of the recorded root, and must stay inside it as well.
+            same_names: the manifest must name the same classes (not only as many), for readers that use
+                what the labels mean.
 
         Raises:
             RunFolderError: the file is not valid JSON, not a split manifest, has labels outside the classes or
@@ -215,7 +218,7 @@ class RunPaths:
         if not self.split.is_file():
             return None
         try:
-            return read_manifest(self.split, classes, dataset_dir)
+            return read_manifest(self.split, classes, dataset_dir, same_names=same_names)
         except ManifestError as exc:
             raise RunFolderError(str(exc)) from None
 

@@ -75,7 +75,7 @@ def _set_entry(field, value):
 @pytest.mark.parametrize("change, field, problem", [
     (lambda d: d.pop("format"), "format", "not a cxrkit split manifest"),
     (lambda d: d.update(classes="a,b"), "classes", "must be a list of two or more class names"),
-    (lambda d: d.update(classes=["b", "a"]), "classes", r"differ from the classes of the run, \['a', 'b'\]"),
+    (lambda d: d.update(classes=["a", "b", "c"]), "classes", r"differ from the classes of the run, \['a', 'b'\]"),
     (lambda d: d.update(root=None), "root", "must be the dataset folder"),
     (lambda d: d.pop("val"), "val", "missing"),
     (lambda d: d.update(test={"image": "a/a0.png"}), "test", "must be a list of"),
@@ -101,6 +101,15 @@ def test_each_manifest_problem_names_the_file_and_the_field(tmp_path, change, fi
     with pytest.raises(ManifestError, match=f"^{path}: {field}: .*{problem}") as info:
         read_manifest(path, ["a", "b"])
     assert "\n" not in str(info.value)
+
+
+def test_readers_that_use_the_labels_meaning_need_the_same_class_names(tmp_path):
+    path, data = _valid_manifest(tmp_path)
+    data["classes"] = ["b", "a"]
+    path.write_text(json.dumps(data))
+    assert read_manifest(path, ["a", "b"]).classes == ["b", "a"]  # as many classes: the labels are in range
+    with pytest.raises(ManifestError, match=rf"^{path}: classes: \['b', 'a'\] differ from the classes of the run"):
+        read_manifest(path, ["a", "b"], same_names=True)
 
 
 def test_truncated_or_non_object_manifest(tmp_path):

@@ -95,7 +95,7 @@ def _stratified(items: list[tuple[str, int]], limit: int | None, seed: int) -> l
 def _audit_items(run_dir: Path, classes: list[str], dataset_dir: str | None) -> tuple[list[tuple[str, int]], str, str,
                                                                                      str | None]:
     paths = RunPaths.of(run_dir)
-    manifest = paths.read_split(classes, dataset_dir)  # checked: labels in range, entries inside the dataset
+    manifest = paths.read_split(classes, dataset_dir, same_names=True)  # labels in range, entries in the dataset
     if manifest is None:
         raise AuditError(f"{paths.split}: not found; the audit reads the run's test images from its split manifest. "
                          "Pass a run folder written by `cxrkit run training`.")

@@ -5,7 +5,8 @@ nothing in it is taken on trust. :func:`read_manifest` checks, before anyone
 opens an image it names:
 
 * the file is a JSON object of format :data:`MANIFEST_FORMAT`;
-* ``classes`` is a list of class names (the reader's classes, when it passes them);
+* ``classes`` is a list of class names, as many as the reader's classes (the same
+  names, where the reader needs the labels' meaning);
 * ``root`` (the dataset folder the split was made from) is a path;
 * ``train``, ``val`` and ``test`` (``test`` may be absent in manifests older
   than test parts) are lists of ``{"image": PATH, "label": INDEX, "size": BYTES}``;
@@ -132,12 +133,15 @@ def _check_entries(path: Path, part: str, entries: Any, n_classes: int, class_te
 
 
 def read_manifest(path: str | os.PathLike, classes: Sequence[str] | None = None,
-                  dataset_dir: str | os.PathLike | None = None, classes_of: str = "the run") -> SplitManifest:
+                  dataset_dir: str | os.PathLike | None = None, *, same_names: bool = False,
+                  classes_of: str = "the run") -> SplitManifest:
     """Read and check a split manifest.
 
     Args:
         path: the ``split.json``.
         classes: the classes its labels must index (a run's classes, or a dataset's); ``None``: its own.
+        same_names: the manifest's ``classes`` must be ``classes`` (not only as many): for readers that give
+            the labels their meaning (the audit, rebuilding a split).
         dataset_dir: where the dataset is now, to resolve the entries under instead of the recorded ``root``.
         classes_of: whose ``classes`` these are, for the messages (``the run``, ``the dataset``).
 
@@ -161,7 +165,7 @@ def read_manifest(path: str | os.PathLike, classes: Sequence[str] | None = None,
     own = data.get("classes")
     if not isinstance(own, list) or len(own) < 2 or not all(isinstance(c, str) for c in own):
         raise _fail(path, "classes", f"must be a list of two or more class names, got {_show(own)}")
-    if classes is not None and own != list(classes):
+    if classes is not None and (own != list(classes) if same_names else len(own) != len(classes)):
         raise _fail(path, "classes", f"{_show(own)} differ from the classes of {classes_of}, {_show(list(classes))}")
     root = data.get("root")
     if not isinstance(root, str) or not root.strip() or "\x00" in root:

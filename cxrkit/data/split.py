@@ -250,7 +250,7 @@ def load_split(manifest_path: str | os.PathLike, spec: DatasetSpec, *,
             listed in the manifest that are missing now (all named).
     """
     path = Path(manifest_path)
-    manifest = read_manifest(path, spec.classes, classes_of="the dataset").data
+    manifest = read_manifest(path, spec.classes, same_names=True, classes_of="the dataset").data
     root = spec.root or manifest["root"]
     by_rel = {_relpath(i["image"], root): i for i in spec.items}
     missing: list[str] = []
