@@ -54,8 +54,8 @@ from cxrkit import options
 from cxrkit.calibration import Calibration, CalibrationError, read_calibration
 from cxrkit.data.manifest import ManifestError, SplitManifest, read_manifest
 
-__all__ = ["RunPaths", "RunDirError", "RunFolderError", "RunRecords", "MetadataError", "resume_target", "model_file", "class_names",
-           "metadata_classes", "WEIGHTS_KEYS", "INFERENCE_CONFIGS"]
+__all__ = ["RunPaths", "RunDirError", "RunFolderError", "RunRecords", "MetadataError", "resume_target", "model_file",
+           "class_names", "metadata_classes", "WEIGHTS_KEYS", "INFERENCE_CONFIGS"]
 
 #: keys of ``weights.json`` (the run-folder contract).
 WEIGHTS_KEYS = ("plugin", "architecture", "path", "sha256", "pretrained")
