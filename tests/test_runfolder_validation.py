@@ -66,6 +66,19 @@ def test_the_engines_manifest_reads_and_resolves_under_its_root_or_a_relocation(
     assert [f for f, _ in moved.items("train")] == [str(tmp_path / "moved" / e["image"]) for e in data["train"]]
 
 
+def test_a_split_of_an_adapter_without_a_root_records_the_folder_holding_its_images(tmp_path):
+    """A plugin adapter may leave ``DatasetSpec.root`` empty: the manifest still has a root and relative entries."""
+    from cxrkit.data import DatasetSpec
+
+    spec = load_dataset("folder", _folder_dataset(tmp_path / "ds"))
+    rootless = DatasetSpec(name="plugin", task="t", classes=spec.classes, items=spec.items)
+    path = make_split(rootless, seed=0).save(tmp_path / "split.json")
+    manifest = read_manifest(path, spec.classes)
+    assert manifest.root == str(tmp_path / "ds")
+    assert sorted(f for f, _ in manifest.items("train") + manifest.items("val") + manifest.items("test")) == sorted(
+        i["image"] for i in spec.items)
+
+
 def _set_entry(field, value):
     def change(data):
         data["val"][0][field] = value

@@ -94,11 +94,17 @@ def _relpath(path: str, root: str | None) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
 
+def _common_root(items: Sequence[dict]) -> str:
+    """The deepest folder holding every item (the manifest's entries are relative to it)."""
+    return os.path.commonpath([os.path.dirname(os.path.abspath(i["image"])) for i in items])
+
+
 def _describe(spec_or_items: DatasetSpec | Sequence[dict]) -> tuple[list[dict], dict]:
     if isinstance(spec_or_items, DatasetSpec):
         spec = spec_or_items
+        root = spec.root or (_common_root(spec.items) if spec.items else spec.root)  # an adapter that set no root
         info = {
-            "dataset": spec.name, "task": spec.task, "root": spec.root, "classes": list(spec.classes),
+            "dataset": spec.name, "task": spec.task, "root": root, "classes": list(spec.classes),
             "dataset_options": dict(spec.options), "excluded": spec.excluded_counts(),
         }
         return list(spec.items), info
@@ -107,7 +113,7 @@ def _describe(spec_or_items: DatasetSpec | Sequence[dict]) -> tuple[list[dict], 
         raise DatasetError("cannot split an empty datalist")
     names = {int(i["label"]): i.get("label_name", str(i["label"])) for i in items}
     classes = [names.get(k, str(k)) for k in range(max(names) + 1)]
-    root = os.path.commonpath([os.path.dirname(os.path.abspath(i["image"])) for i in items])
+    root = _common_root(items)
     return items, {"dataset": None, "task": None, "root": root, "classes": classes, "dataset_options": {}}
 
 
