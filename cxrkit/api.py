@@ -25,7 +25,7 @@ from cxrkit.bundle.runner import bundle_workflow, run_bundle, user_error
 from cxrkit.engine.finish import calibrate_run as calibrate
 from cxrkit.report.runfolder import RunFolder, RunFolderError
 from cxrkit.report.runfolder import load_run as read_run
-from cxrkit.runfolder import RunDirError, RunPaths
+from cxrkit.runfolder import RunDirError, RunPaths, class_names
 from cxrkit.serve.model import LoadedModel, ModelLoadError, load_model
 from cxrkit.serve.predict import Prediction, PredictionResult, Predictor
 
@@ -105,6 +105,7 @@ def external(run_dir: str | os.PathLike, dataset: str, dataset_dir: str | os.Pat
         overrides: further evaluate-config values (``max_items``, ``device``, ``skip_bad_images``...).
 
     Raises:
+        cxrkit.runfolder.RunFolderError: the run's ``split.json`` or ``calibration.json`` is not valid.
         ValueError: a name that cannot be a folder name, or a bad class map (from the evaluation).
     """
     import re
@@ -113,6 +114,7 @@ def external(run_dir: str | os.PathLike, dataset: str, dataset_dir: str | os.Pat
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise ValueError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (it names a folder)")
     paths = RunPaths.of(run_dir)
+    paths.read_records(class_names(paths.root))  # split.json and calibration.json, before the evaluation runs
     values: dict[str, Any] = {
         "dataset": dataset, "dataset_dir": str(Path(dataset_dir).expanduser().resolve()), "class_map": class_map,
         "subset": "all", "evaluation_split": "external", "output_dir": str(paths.external / name),

@@ -196,26 +196,58 @@ class Calibration:
         return atomic_write_json(path, asdict(self))
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+#: field -> (check, what it must be) of ``calibration.json``; ``temperature`` first.
+_FIELDS: dict[str, tuple[Any, str]] = {
+    "temperature": (lambda v: _number(v) and v > 0, "a finite positive number"),
+    "fitted_on": (lambda v: isinstance(v, str), "the name of the split it was fitted on"),
+    "n_images": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a number of images"),
+    "nll_before": (_number, "a finite number"),
+    "nll_after": (_number, "a finite number"),
+    "ece_before": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "ece_after": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "bins": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a number of bins"),
+    "method": (lambda v: isinstance(v, str), "the method's name"),
+}
+_DEFAULTED = ("bins", "method")
+
+
 def read_calibration(path: str | os.PathLike) -> Calibration | None:
     """The calibration in ``path`` (a ``calibration.json`` or the run folder holding one); ``None`` when absent.
 
+    Every field is checked: the temperature must be a finite positive number, the before / after numbers
+    finite numbers, and so on.
+
     Raises:
-        CalibrationError: the file exists but is not a valid calibration.
+        CalibrationError: the file exists but is not a valid calibration (one line: the file, the field and
+            what is wrong).
     """
     path = Path(path)
     if path.is_dir():
         path = path / CALIBRATION_FILE
     if not path.is_file():
         return None
+    fix = "delete it or run `cxrkit calibrate RUN_DIR` again"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        calibration = Calibration(**{k: data[k] for k in Calibration.__dataclass_fields__ if k in data})
-    except (OSError, ValueError, TypeError) as exc:
-        raise CalibrationError(f"{path}: not a cxrkit calibration file ({exc}); delete it or run "
-                               "`cxrkit calibrate RUN_DIR` again") from None
-    if not (math.isfinite(calibration.temperature) and calibration.temperature > 0):
-        raise CalibrationError(f"{path}: temperature must be a positive number, got {calibration.temperature}")
-    return calibration
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{path}: not a cxrkit calibration file ({exc}); {fix}") from None
+    if not isinstance(data, dict):
+        raise CalibrationError(f"{path}: not a cxrkit calibration file (a JSON object expected, got "
+                               f"{type(data).__name__}); {fix}")
+    for name, (check, what) in _FIELDS.items():
+        if name not in data and name in _DEFAULTED:
+            continue
+        if name not in data:
+            raise CalibrationError(f"{path}: {name}: missing; {fix}")
+        if not check(data[name]):
+            shown = repr(data[name])
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise CalibrationError(f"{path}: {name}: must be {what}, got {shown}; {fix}")
+    return Calibration(**{k: data[k] for k in _FIELDS if k in data})
 
 
 class TemperatureScaled:

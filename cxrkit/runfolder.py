@@ -31,6 +31,14 @@ and serving read (see ``docs/training.md`` for the contract)::
 :class:`RunPaths` names every one of these files; no other module spells a
 run-folder path. :meth:`RunPaths.create` chooses and checks a new folder (the
 training side); :meth:`RunPaths.of` opens an existing one (the readers).
+
+The records a command acts on are read through :meth:`RunPaths.read_records`
+(``split.json`` by :func:`cxrkit.data.manifest.read_manifest`, ``calibration.json``
+by :func:`cxrkit.calibration.read_calibration`), so every reader -- the report
+(:func:`cxrkit.report.runfolder.load_run`: ``report``, ``calibrate``, ``external``),
+the model loader (:func:`cxrkit.serve.model.load_model`: ``predict``, ``audit``,
+``export``) and ``cxrkit external`` before it evaluates -- checks them the same
+way and fails with a one-line :class:`RunFolderError` naming the file and field.
 """
 
 from __future__ import annotations
@@ -43,9 +51,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from cxrkit import options
+from cxrkit.calibration import Calibration, CalibrationError, read_calibration
+from cxrkit.data.manifest import ManifestError, SplitManifest, read_manifest
 
-__all__ = ["RunPaths", "RunDirError", "MetadataError", "resume_target", "model_file", "class_names",
-           "metadata_classes", "WEIGHTS_KEYS", "INFERENCE_CONFIGS"]
+__all__ = ["RunPaths", "RunDirError", "RunFolderError", "RunRecords", "MetadataError", "resume_target", "model_file",
+           "class_names", "metadata_classes", "WEIGHTS_KEYS", "INFERENCE_CONFIGS"]
 
 #: keys of ``weights.json`` (the run-folder contract).
 WEIGHTS_KEYS = ("plugin", "architecture", "path", "sha256", "pretrained")
@@ -55,6 +65,10 @@ INFERENCE_CONFIGS = ("inference.yaml", "inference.json")
 
 class RunDirError(ValueError):
     """The output / resume folder cannot be used; the message says why and what to do."""
+
+
+class RunFolderError(ValueError):
+    """A run folder file is missing or malformed; the message names the file and the fix."""
 
 
 class MetadataError(ValueError):
@@ -186,8 +200,68 @@ class RunPaths:
         """Whether the folder holds an inference config, metadata and a trained model (what serving needs)."""
         return not self.missing(self.inference_config, self.metadata) and self.trained_model is not None
 
+    def read_split(self, classes: list[str] | None, dataset_dir: Any = None, *,
+                   same_names: bool = False) -> SplitManifest | None:
+        """``split.json``, checked (:func:`cxrkit.data.manifest.read_manifest`); ``None`` when absent.
+
+        Args:
+            classes: the run's classes (its labels must index them); ``None``: the manifest's own.
+            dataset_dir: where the run's dataset is now (``--dataset_dir``): the entries resolve under it
+                instead of the recorded root, and must stay inside it as well.
+            same_names: the manifest must name the same classes (not only as many), for readers that use
+                what the labels mean.
+
+        Raises:
+            RunFolderError: the file is not valid JSON, not a split manifest, has labels outside the classes or
+                an entry outside the dataset folder (one line: file, field, problem).
+        """
+        if not self.split.is_file():
+            return None
+        try:
+            return read_manifest(self.split, classes, dataset_dir, same_names=same_names)
+        except ManifestError as exc:
+            raise RunFolderError(str(exc)) from None
+
+    def read_calibration(self) -> Calibration | None:
+        """``calibration.json``, checked (a finite positive temperature...); ``None`` when absent.
+
+        Raises:
+            RunFolderError: the file exists but is not a valid calibration (one line: file, field, problem).
+        """
+        try:
+            return read_calibration(self.calibration)
+        except CalibrationError as exc:
+            raise RunFolderError(str(exc)) from None
+
+    def read_records(self, classes: list[str] | None, dataset_dir: Any = None, *,
+                     calibration: bool = True) -> "RunRecords":
+        """The records every command that opens this run checks first: ``split.json`` and ``calibration.json``.
+
+        Args:
+            classes: the run's classes (from ``metrics.json`` or ``configs/metadata.json``).
+            dataset_dir: where the run's dataset is now, when the user relocated it (``--dataset_dir``).
+            calibration: read ``calibration.json``; ``False`` for ``cxrkit calibrate``, which replaces it.
+
+        Raises:
+            RunFolderError: either file exists but is not valid (one line: file, field, problem).
+        """
+        return RunRecords(self.read_split(classes, dataset_dir), self.read_calibration() if calibration else None)
+
     def __str__(self) -> str:
         return str(self.root)
+
+
+@dataclass(frozen=True)
+class RunRecords:
+    """A run folder's checked records (see :meth:`RunPaths.read_records`).
+
+    Attributes:
+        split: ``split.json`` (``None``: absent).
+        calibration: ``calibration.json`` (``None``: absent, the probabilities are as trained).
+    """
+
+    split: SplitManifest | None
+    calibration: Calibration | None
 
 
 def model_file(bundle_root: Any) -> str:

@@ -12,7 +12,15 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support, rec
 
 from cxrkit.cli import main
 from cxrkit.report.compare import SplitMismatchWarning, write_comparison
-from support.runfolders import CLASSES_3, assert_png, make_run_folder, md_tables, read_predictions
+from support.runfolders import (
+    CLASSES_2,
+    CLASSES_3,
+    assert_png,
+    make_run_folder,
+    md_tables,
+    read_predictions,
+    split_manifest,
+)
 
 
 def value(cell: str) -> float:
@@ -161,7 +169,7 @@ def test_kfold_group_mean_std_and_pooled(tmp_path):
 
 def test_repeated_runs_of_one_plugin_stay_separate(tmp_path):
     runs = [make_run_folder(tmp_path, plugin="imagenet", n_val=20, epochs=2, seed=s,
-                            split={"dataset": "x", "fold": None}) for s in (1, 2)]
+                            split={**split_manifest(CLASSES_2, 20), "dataset": "x"}) for s in (1, 2)]
     md = write_comparison(runs, tmp_path / "cmp", bootstrap=0)
     labels = [r[1] for r in md_tables(md.read_text())["Ranking (validation images)"][0][1:]]
     assert sorted(labels) == sorted(f"imagenet ({r.name})" for r in runs)

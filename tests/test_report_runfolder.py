@@ -10,7 +10,7 @@ import pytest
 from support.runfolders import CLASSES_2, CLASSES_3, make_run_folder
 
 from cxrkit.report.runfolder import RunFolderError, load_run, resolve_positive
-from support.runfolders import CLASSES_2, CLASSES_3, make_run_folder
+from support.runfolders import CLASSES_2, CLASSES_3, make_run_folder, split_manifest
 
 
 def test_load_run_reads_the_contract(tmp_path):
@@ -75,8 +75,8 @@ def test_bad_predictions_csv(tmp_path):
 
 
 def test_bad_fold_in_split_manifest(tmp_path):
-    run = make_run_folder(tmp_path, split={"dataset": "radiography", "fold": "first"})
-    with pytest.raises(RunFolderError, match=r"split\.json: 'fold' must be a fold number"):
+    run = make_run_folder(tmp_path, split={**split_manifest(CLASSES_2, 120), "fold": "first"})
+    with pytest.raises(RunFolderError, match=r"split\.json: fold: must be a fold number or null, got 'first'"):
         load_run(run)
 
 

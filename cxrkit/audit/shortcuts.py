@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxrkit.runfolder import RunPaths
+
 __all__ = ["AuditError", "AuditResult", "audit_run", "read_audit", "AUDIT_FORMAT", "AUDIT_DIR"]
 
 logger = logging.getLogger(__name__)
@@ -92,23 +94,21 @@ def _stratified(items: list[tuple[str, int]], limit: int | None, seed: int) -> l
 
 def _audit_items(run_dir: Path, classes: list[str], dataset_dir: str | None) -> tuple[list[tuple[str, int]], str, str,
                                                                                      str | None]:
-    split_file = run_dir / "split.json"
-    if not split_file.is_file():
-        raise AuditError(f"{split_file}: not found; the audit reads the run's test images from its split manifest. "
+    paths = RunPaths.of(run_dir)
+    manifest = paths.read_split(classes, dataset_dir, same_names=True)  # labels in range, entries in the dataset
+    if manifest is None:
+        raise AuditError(f"{paths.split}: not found; the audit reads the run's test images from its split manifest. "
                          "Pass a run folder written by `cxrkit run training`.")
-    split = json.loads(split_file.read_text(encoding="utf-8"))
-    if list(split.get("classes") or []) != classes:
-        raise AuditError(f"{split_file}: classes {split.get('classes')} differ from the model's {classes}")
     part, note = "test", None
-    if not split.get("test"):
+    if not manifest.entries("test"):
         part = "val"
         note = ("the run has no held-out test part: the audit uses the validation images, which also chose the "
                 "best epoch")
-    root = Path(dataset_dir or split.get("root") or "").expanduser()
+    root = Path(manifest.root).expanduser()
     if not root.is_dir():
-        raise AuditError(f"the dataset folder {root} recorded in {split_file} does not exist; pass --dataset_dir DIR "
+        raise AuditError(f"the dataset folder {root} recorded in {paths.split} does not exist; pass --dataset_dir DIR "
                          "where the dataset is now")
-    return [(str(root / e["image"]), int(e["label"])) for e in split[part]], part, str(root), note
+    return manifest.items(part), part, str(root), note
 
 
 def _prepare(model: Any, items: list[tuple[str, int]], use_masks: bool, progress: bool
@@ -166,7 +166,9 @@ def audit_run(run_dir: str | os.PathLike, *, dataset_dir: str | None = None, max
 
     Raises:
         AuditError: no model, no split, moved dataset, nothing readable.
-        cxrkit.serve.ModelLoadError: the run folder's model cannot be loaded.
+        cxrkit.serve.ModelLoadError: the run folder's model cannot be loaded, or its ``split.json`` or
+            ``calibration.json`` is not valid.
+        cxrkit.runfolder.RunFolderError: ``split.json`` does not fit ``dataset_dir``.
     """
     from tqdm.auto import tqdm
 

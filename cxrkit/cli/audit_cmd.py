@@ -43,13 +43,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cxrkit.audit.shortcuts import AuditError, audit_run
     from cxrkit.cli import CLIError
+    from cxrkit.runfolder import RunFolderError
     from cxrkit.serve.model import ModelLoadError
 
     try:
         result = audit_run(args.run_dir, dataset_dir=args.dataset_dir, max_images=args.max_images or None,
                            use_masks=args.use_masks, seed=args.seed, device=args.device, batch_size=args.batch_size,
                            progress=args.progress and not args.json)
-    except (AuditError, ModelLoadError) as exc:
+    except (AuditError, ModelLoadError, RunFolderError) as exc:
         raise CLIError(str(exc)) from None
     if args.json:
         print(json.dumps(result.data, indent=2))

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         folder = external(paths.root, args.dataset, args.dataset_dir, class_map=args.class_map, task=args.task,
                           name=args.name, allow_missing=args.allow_missing, dataset_options=options, **overrides)
+    except RunFolderError as exc:
+        raise CLIError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - show the user's mistake, not MONAI's wrapper
         cause = user_error(exc) or (exc if isinstance(exc, ValueError) else None)
         if cause is None:

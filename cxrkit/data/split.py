@@ -42,6 +42,7 @@ import numpy as np
 from cxrkit.data.adapter import DatasetSpec
 from cxrkit.data.errors import DatasetError
 from cxrkit.data.leakage import LeakageReport, audit_leakage
+from cxrkit.data.manifest import MANIFEST_FORMAT, PARTS, read_manifest
 from cxrkit.data.split_strategy import three_way
 
 __all__ = ["Split", "LeakageReport", "make_split", "load_split", "audit_leakage", "MANIFEST_FORMAT",
@@ -49,13 +50,10 @@ __all__ = ["Split", "LeakageReport", "make_split", "load_split", "audit_leakage"
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FORMAT = "cxrkit-split/1"
 #: share of the dataset held out as the test part by default.
 DEFAULT_TEST_FRACTION = 0.2
 #: share of the dataset used for validation (model selection) by default.
 DEFAULT_VAL_FRACTION = 0.2
-#: the parts of a split, in manifest order.
-PARTS = ("train", "val", "test")
 
 
 @dataclass
@@ -96,11 +94,17 @@ def _relpath(path: str, root: str | None) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
 
+def _common_root(items: Sequence[dict]) -> str:
+    """The deepest folder holding every item (the manifest's entries are relative to it)."""
+    return os.path.commonpath([os.path.dirname(os.path.abspath(i["image"])) for i in items])
+
+
 def _describe(spec_or_items: DatasetSpec | Sequence[dict]) -> tuple[list[dict], dict]:
     if isinstance(spec_or_items, DatasetSpec):
         spec = spec_or_items
+        root = spec.root or (_common_root(spec.items) if spec.items else spec.root)  # an adapter that set no root
         info = {
-            "dataset": spec.name, "task": spec.task, "root": spec.root, "classes": list(spec.classes),
+            "dataset": spec.name, "task": spec.task, "root": root, "classes": list(spec.classes),
             "dataset_options": dict(spec.options), "excluded": spec.excluded_counts(),
         }
         return list(spec.items), info
@@ -109,7 +113,7 @@ def _describe(spec_or_items: DatasetSpec | Sequence[dict]) -> tuple[list[dict], 
         raise DatasetError("cannot split an empty datalist")
     names = {int(i["label"]): i.get("label_name", str(i["label"])) for i in items}
     classes = [names.get(k, str(k)) for k in range(max(names) + 1)]
-    root = os.path.commonpath([os.path.dirname(os.path.abspath(i["image"])) for i in items])
+    root = _common_root(items)
     return items, {"dataset": None, "task": None, "root": root, "classes": classes, "dataset_options": {}}
 
 
@@ -252,17 +256,7 @@ def load_split(manifest_path: str | os.PathLike, spec: DatasetSpec, *,
             listed in the manifest that are missing now (all named).
     """
     path = Path(manifest_path)
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read the split manifest {path}: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise DatasetError(f"{path} is not a cxrkit split manifest (format {MANIFEST_FORMAT} expected)")
-    if list(manifest["classes"]) != list(spec.classes):
-        raise DatasetError(
-            f"the split manifest {path} has classes {manifest['classes']}, the dataset {spec.classes}; "
-            "load the dataset with the same task"
-        )
+    manifest = read_manifest(path, spec.classes, same_names=True, classes_of="the dataset").data
     root = spec.root or manifest["root"]
     by_rel = {_relpath(i["image"], root): i for i in spec.items}
     missing: list[str] = []

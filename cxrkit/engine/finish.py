@@ -106,18 +106,26 @@ class HeldOutEvaluation:
 def calibrate_run(run_dir: Any) -> Any:
     """Fit a temperature on a run folder's validation predictions and write ``calibration.json``.
 
+    An existing ``calibration.json`` that is not valid is replaced, and said so (a warning naming the file
+    and what was wrong with it); every other record is checked as for any command (``split.json``...).
+
     Returns:
         The :class:`cxrkit.calibration.Calibration`.
 
     Raises:
-        cxrkit.report.runfolder.RunFolderError: no usable ``predictions.csv``.
+        cxrkit.runfolder.RunFolderError: no usable ``predictions.csv``, or another record is not valid.
     """
     from pathlib import Path
 
     from cxrkit.calibration import CALIBRATION_FILE, Calibration
     from cxrkit.report.runfolder import load_run
+    from cxrkit.runfolder import RunFolderError, RunPaths
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, calibration=False)
+    try:
+        RunPaths.of(run_dir).read_calibration()
+    except RunFolderError as exc:
+        logger.warning("replacing an invalid calibration file: %s", exc)
     calibration = Calibration.fit(run.y_true, run.y_prob, fitted_on="validation")
     calibration.save(Path(run_dir) / CALIBRATION_FILE)
     logger.info("%s (ECE on validation %.4f -> %.4f)", calibration.describe(), calibration.ece_before,

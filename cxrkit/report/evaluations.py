@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from cxrkit.runfolder import RunFolderError
+
 __all__ = ["SplitPredictions", "VALIDATION", "TEST", "load_evaluations", "describe_split", "read_predictions",
            "RunFolderError", "PROB_SUM_TOL"]
 
@@ -32,9 +34,6 @@ logger = logging.getLogger(__name__)
 #: Tolerance on ``sum(prob_*) == 1`` per row of a predictions CSV.
 PROB_SUM_TOL = 1e-3
 
-
-class RunFolderError(ValueError):
-    """A run folder file is missing or malformed; the message names the file and the fix."""
 
 VALIDATION = "validation"
 TEST = "test"

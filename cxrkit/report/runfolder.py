@@ -11,7 +11,8 @@ see :mod:`cxrkit.report.evaluations`.
 The descriptive files (``weights.json``, ``summary.json``, ``split.json``,
 ``configs/metadata.json``, ``versions.json``, ``configs/train.yaml``) are read
 when present; a missing one is logged and shown as "not recorded", a corrupt
-one is an error.
+one is an error. ``split.json`` and ``calibration.json`` are read and checked by
+:meth:`cxrkit.runfolder.RunPaths.read_records`, as every command reads them.
 """
 
 from __future__ import annotations
@@ -262,11 +263,13 @@ def _find_dataset(run_dir: Path, split: dict | None, summary: dict) -> str | Non
     return None
 
 
-def load_run(run_dir: str | Path) -> RunFolder:
+def load_run(run_dir: str | Path, *, calibration: bool = True) -> RunFolder:
     """Read and validate a run folder.
 
     Args:
         run_dir: the run folder (``runs/<plugin>-<timestamp>/``).
+        calibration: read ``calibration.json``; ``False`` for ``cxrkit calibrate``, which replaces it
+            (the field is then ``None``).
 
     Returns:
         The run's classes, per-epoch metrics, validation predictions and records.
@@ -282,16 +285,19 @@ def load_run(run_dir: str | Path) -> RunFolder:
     classes = metrics["classes"]
     images, y_true, y_pred, y_prob = read_predictions(paths.predictions, len(classes))
     test, external = load_evaluations(run_dir, classes)
+    records = paths.read_records(classes, calibration=calibration)
+    manifest = records.split
 
     optional = {
         "weights.json": paths.weights,
         "summary.json": paths.summary,
-        "split.json": paths.split,
         "configs/metadata.json": paths.metadata,
         "versions.json": paths.versions,
     }
     found: dict[str, Any] = {}
-    missing = []
+    missing = [] if manifest is not None else ["split.json"]
+    if manifest is None:
+        logger.warning("%s: not found; the report shows it as not recorded", paths.split)
     for name, path in optional.items():
         value = _read_json(path, False, name)
         if value is None:
@@ -310,9 +316,7 @@ def load_run(run_dir: str | Path) -> RunFolder:
                 "%s: channel_def classes %s differ from metrics.json classes %s; the report uses metrics.json",
                 optional["configs/metadata.json"], meta_classes, classes,
             )
-    split = found["split.json"] if "split.json" not in missing else None
-    if split is not None and split.get("fold") is not None and not _is_int(split["fold"]):
-        raise RunFolderError(f"{optional['split.json']}: 'fold' must be a fold number or null, got {split['fold']!r}.")
+    split = manifest.data if manifest is not None else None
     return RunFolder(
         path=run_dir,
         classes=classes,
@@ -333,17 +337,8 @@ def load_run(run_dir: str | Path) -> RunFolder:
         missing=tuple(missing),
         test=test,
         external=external,
-        calibration=_calibration(run_dir),
+        calibration=records.calibration,
     )
-
-
-def _calibration(run_dir: Path) -> Any:
-    from cxrkit.calibration import CalibrationError, read_calibration
-
-    try:
-        return read_calibration(run_dir)
-    except CalibrationError as exc:
-        raise RunFolderError(str(exc)) from None
 
 
 def resolve_positive(classes: list[str], requested: str | int | None, default: str | None = None) -> int | None:

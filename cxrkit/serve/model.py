@@ -17,6 +17,8 @@
 
 Class names are read from the metadata's
 ``network_data_format.outputs.<first output>.channel_def`` (``{"0": "COVID", "1": "Normal"}``).
+A run folder's records (``split.json``, ``calibration.json``) are checked first
+(:meth:`cxrkit.runfolder.RunPaths.read_records`): a corrupt one is a :class:`ModelLoadError`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
-from cxrkit.runfolder import INFERENCE_CONFIGS, MetadataError, RunPaths, metadata_classes
+from cxrkit.runfolder import INFERENCE_CONFIGS, MetadataError, RunFolderError, RunPaths, metadata_classes
 
 __all__ = ["LoadedModel", "ModelLoadError", "load_model", "class_names"]
 
@@ -237,6 +239,10 @@ def _load_bundle(root: Path, model_file: Path, device: str, trust: bool, optimiz
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{meta_file}: not valid JSON: {exc}") from None
     classes = class_names(metadata, meta_file)
+    try:
+        RunPaths.of(root).read_records(classes)  # split.json and calibration.json, before anything uses them
+    except RunFolderError as exc:
+        raise ModelLoadError(str(exc)) from None
     parser = _parser(config, root, device, str(config))
     torch_device = _device(device)
     if model_file.suffix in (".pt", ".pth"):

@@ -9,21 +9,24 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CLASSES_2", "CLASSES_3", "split_manifest", "make_run_folder", "md_tables", "read_predictions",
-           "assert_png"]
+__all__ = ["CLASSES_2", "CLASSES_3", "split_manifest", "make_run_folder", "copy_run", "md_tables",
+           "read_predictions", "assert_png"]
 
 CLASSES_2 = ["COVID", "Normal"]
 CLASSES_3 = ["COVID", "Normal", "Viral Pneumonia"]
 
 
 def split_manifest(classes: list[str], n_val: int, *, fold: int | None = None, seed: int = 0) -> dict:
-    """A split manifest like the engine's: dataset, seed, fold and the image lists."""
+    """A split manifest like the engine's (``cxrkit-split/1``): dataset, root, seed, fold and the entries."""
     rng = np.random.default_rng(1000 + (fold or 0))
-    val = [f"{classes[i % len(classes)]}/img-{(fold or 0) * 1000 + i}.png" for i in range(n_val)]
-    train = [f"{classes[i % len(classes)]}/img-{5000 + i}.png" for i in range(4 * n_val)]
+    val = [{"image": f"{classes[i % len(classes)]}/img-{(fold or 0) * 1000 + i}.png", "label": i % len(classes),
+            "size": None} for i in range(n_val)]
+    train = [{"image": f"{classes[i % len(classes)]}/img-{5000 + i}.png", "label": i % len(classes), "size": None}
+             for i in range(4 * n_val)]
     rng.shuffle(train)
-    return {"dataset": "radiography", "seed": seed, "fold": fold, "n_folds": 5 if fold is not None else None,
-            "train": train, "val": val}
+    return {"format": "cxrkit-split/1", "dataset": "radiography", "root": "/data/radiography",
+            "classes": list(classes), "seed": seed, "fold": fold, "folds": 5 if fold is not None else None,
+            "train": train, "val": val, "test": []}
 
 
 def make_run_folder(
@@ -117,6 +120,20 @@ def make_run_folder(
         "numpy": "2.4.6", "cxrkit": "0.1.0", "device": "cpu"}))
     (run / "models" / "model.pt").write_bytes(b"not used by reports")
     return run
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """A copy of a run folder to change freely, its large files (models) linked instead of copied."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(run.rglob("*")):
+        target = dest / path.relative_to(run)
+        if path.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif path.stat().st_size > 1 << 20:
+            target.symlink_to(path.resolve())
+        else:
+            target.write_bytes(path.read_bytes())
+    return dest
 
 
 def md_tables(text: str) -> dict[str, list[list[list[str]]]]:
