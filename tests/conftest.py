@@ -4,7 +4,8 @@ Fixtures here: ``fake_dists`` (installed distributions with entry points), ``scr
 ``tiny`` (weight files), ``tiny_run`` (a run trained once per session), ``weights_store`` / ``isolated``
 (a private weights folder, HOME and feature cache), ``label_server`` (a real MONAI Label server),
 ``shortcut_plugin`` / ``shortcut_runs`` (runs trained on synthetic sets with a known answer: the class is a
-corner marker, or lives inside the lungs).
+corner marker, or lives inside the lungs), ``synthetic_dataset`` (12 synthetic 32 px radiographs, a ``csv``
+dataset).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 from support.label import LabelServer, make_studies, require_label_python
 from support.paths import REPO, SHARED_DATA, shared_data
 from support.shortcuts import plugin_registered, train_small
-from support.training import train_tiny_run, write_inat_swav
+from support.training import synthetic_csv_dataset, train_tiny_run, write_inat_swav
 from support.weights import TINY
 
 __all__ = ["REPO", "SHARED_DATA", "shared_data", "FakeDistributions"]
@@ -219,6 +220,12 @@ def shortcut_runs(tmp_path_factory):
         record = json.loads(done.read_text())
     return {**{k: Path(v) for k, v in record["runs"].items()}, "data": {k: Path(v) for k, v in record["data"].items()}}
 # ---- bundles ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    """12 synthetic 32 px radiographs (COVID / Normal) in a ``csv`` dataset folder, written once per session."""
+    return synthetic_csv_dataset(tmp_path_factory.mktemp("synthetic"))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def bundle_cache(tmp_path_factory):
     """Bundles rendered by plugin name (``cxrkit run training NAME``) go to a temporary folder, not ~/.cache."""
