@@ -34,20 +34,9 @@ from typing import Any, Mapping
 import yaml
 
 __all__ = [
-    "BundleParams",
-    "KINDS",
-    "RUN_IDS",
-    "DEFAULT_CLASSES",
-    "base_config",
-    "render_config",
-    "render_override",
-    "render_metadata",
-    "render_logging_conf",
-    "render_text",
-    "load_yaml",
-    "generated_note",
-    "comment_lines",
-    "GENERATED_KEY",
+    "BundleParams", "KINDS", "RUN_IDS", "DEFAULT_CLASSES", "base_config", "render_config", "render_override",
+    "render_metadata", "render_logging_conf", "render_text", "load_yaml", "generated_note", "comment_lines",
+    "GENERATED_KEY"
 ]
 
 #: the study's task, named in a bundle's metadata until a run records its own classes.
