@@ -178,3 +178,17 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["run", "inference", str(BUNDLES / "random"), "--input", str(tmp_path / "x.png")]) == 1
     err = capsys.readouterr().err
     assert "this bundle holds no trained model" in err and "--bundle_root RUN_DIR" in err and "Traceback" not in err
+
+
+def test_monai_label_is_never_given_an_override_as_its_inference_config(tmp_path):
+    """MONAI Label's BundleInferTask reads configs/inference.yaml alone: a bundle's override is refused by name,
+    even beside a model; a run folder's whole config is served."""
+    from cxrkit.label.app.lib.bundles import BundleConfigError, find_bundles
+
+    zoo = tmp_path / "zoo"
+    shutil.copytree(BUNDLES / "random", zoo)
+    (zoo / "models" / "model.pt").write_bytes(b"weights")
+    with pytest.raises(BundleConfigError, match=r"inference.yaml overrides configs/train.yaml.*run folder"):
+        find_bundles(tmp_path / "app", {"bundles": str(zoo)})
+    (zoo / "configs" / "inference.yaml").write_text('plugin: "random"\nrun: "@inference"\n')  # a whole config
+    assert find_bundles(tmp_path / "app", {"bundles": str(zoo)}) == {"zoo": zoo.resolve()}

@@ -54,6 +54,7 @@ __all__ = [
     "bundles_root",
     "find_bundle",
     "config_files",
+    "is_override",
     "check_bundles",
     "sync_bundles",
 ]
@@ -227,13 +228,15 @@ def find_bundle(name_or_path: str | os.PathLike) -> Path:
     )
 
 
-def _is_override(config: Path) -> bool:
-    """Whether ``config`` overrides its folder's ``train.yaml`` (it sets no ``plugin``: a whole config does)."""
+def is_override(config: str | os.PathLike) -> bool:
+    """Whether the config file ``config`` overrides its folder's ``train.yaml``: it has an entry point (``run``)
+    but sets no ``plugin``, which every whole config does (JSON is YAML). ``False`` for a file that cannot be read
+    as a mapping."""
     try:
-        data = load_yaml(config.read_text(encoding="utf-8"))
+        data = load_yaml(Path(config).read_text(encoding="utf-8"))
     except Exception:  # noqa: BLE001 - not ours to judge here: MONAI reports a broken config
         return False
-    return isinstance(data, dict) and "plugin" not in data
+    return isinstance(data, dict) and "run" in data and "plugin" not in data
 
 
 def config_files(bundle: str | os.PathLike, kind: str) -> list[Path]:
@@ -250,7 +253,7 @@ def config_files(bundle: str | os.PathLike, kind: str) -> list[Path]:
     config = root / "configs" / f"{kind}.yaml"
     if not config.is_file():
         raise FileNotFoundError(f"{root} has no {RUN_IDS[kind]} config ({config} does not exist)")
-    if kind == "train" or not _is_override(config):
+    if kind == "train" or not is_override(config):
         return [config]
     train = root / "configs" / "train.yaml"
     if not train.is_file():
