@@ -31,7 +31,7 @@ ENV = dict(os.environ, PYTHONWARNINGS="ignore")
 def _monai(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], cwd=cwd, capture_output=True,
                           text=True, env=ENV, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
     return proc
 
 
@@ -116,13 +116,14 @@ def test_evaluate_and_inference_of_a_trained_run_the_model_zoo_way(trained, tmp_
     n_val = sum(json.loads((run / "summary.json").read_text())["counts"]["val"].values())
     # the run folder's own configs, as MONAI's list: its training config, then its evaluate config
     _monai(tmp_path, "evaluating", "--config_file", f"['{run}/configs/train.yaml','{run}/configs/evaluate.yaml']",
-           "--dataset_dir", str(data), "--subset", "val", "--device", "cpu", "--progress", "false")
+           "--dataset", "csv", "--dataset_dir", str(data), "--subset", "val", "--device", "cpu", "--progress", "false")
     own = json.loads((run / "evaluation" / "metrics.json").read_text())
     assert own["n_images"] == n_val and own["metrics"]["accuracy"] == pytest.approx(best["val_accuracy"])
     # the bundle's short override on the bundle's training config, pointed at the run folder
     _monai(copy, "evaluating", "--config_file", "['configs/train.yaml','configs/evaluate.yaml']",
            "--meta_file", "configs/metadata.json", "--bundle_root", str(run), "--image_size", "32",
-           "--dataset_dir", str(data), "--subset", "val", "--output_dir", str(tmp_path / "zoo"), "--device", "cpu",
+           "--dataset", "csv", "--dataset_dir", str(data), "--subset", "val", "--output_dir", str(tmp_path / "zoo"),
+           "--device", "cpu",
            "--progress", "false")
     zoo = json.loads((tmp_path / "zoo" / "metrics.json").read_text())
     assert zoo["metrics"] == pytest.approx(own["metrics"])
