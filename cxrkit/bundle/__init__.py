@@ -3,7 +3,8 @@
 :mod:`cxrkit.bundle.render` renders configs, metadata and texts for any registered weight
 plugin; :mod:`cxrkit.bundle.folders` writes bundle folders, finds a bundle by path or plugin
 name (rendering one when needed, so a plain wheel install works) and generates the repository's
-self-contained ``bundles/<plugin>/`` (``sync``) and compares them (``check``). ``cxrkit bundle write|check|sync`` is the command line.
+self-contained ``bundles/<plugin>/`` (``sync``) and compares them (``check``).
+``cxrkit bundle write|check|sync`` is the command line.
 """
 
 from __future__ import annotations

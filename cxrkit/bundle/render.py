@@ -247,7 +247,7 @@ def render_override(kind: str, plugin: str) -> str:
         "--meta_file configs/metadata.json \\\n"
         "#     --bundle_root RUN_DIR --image_size PX "
         + ("--dataset_dir DIR" if kind == "evaluate" else "--input FILE_OR_DIR") + "   (PX: as trained)\n"
-        f"#   cxrkit run {kind} RUN_DIR ...   (a run folder's own configs/{kind}.yaml: self-contained, for its classes)\n"
+        f"#   cxrkit run {kind} RUN_DIR ...   (a run folder's own configs/{kind}.yaml: self-contained, its classes)\n"
         "# MONAI Label reads configs/inference.yaml alone: serve a run folder (`cxrkit label serve RUN_DIR`).\n\n"
     )
     text = header + "".join(_template(f"{name}.yaml") for name in fragments)
