@@ -5,7 +5,8 @@ Fixtures here: ``fake_dists`` (installed distributions with entry points), ``scr
 (a run trained once per session), ``weights_store`` / ``isolated`` (a private weights folder, HOME and feature
 cache), ``label_server`` (a real MONAI Label server),
 ``shortcut_plugin`` / ``shortcut_runs`` (runs trained on synthetic sets with a known answer: the class is a
-corner marker, or lives inside the lungs).
+corner marker, or lives inside the lungs), ``synthetic_dataset`` (12 synthetic 32 px radiographs, a ``csv``
+dataset).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 from support.label import LabelServer, make_studies, require_label_python
 from support.paths import REPO, SHARED_DATA, shared_data
 from support.shortcuts import plugin_registered, train_small
-from support.training import train_tiny_run, write_inat_swav
+from support.training import synthetic_csv_dataset, train_tiny_run, write_inat_swav
 from support.weights import TINY
 from support.weightserver import WeightServer
 
@@ -253,6 +254,12 @@ def runtime_dir(tmp_path_factory):
 
 
 # ---- bundles ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    """12 synthetic 32 px radiographs (COVID / Normal) in a ``csv`` dataset folder, written once per session."""
+    return synthetic_csv_dataset(tmp_path_factory.mktemp("synthetic"))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def bundle_cache(tmp_path_factory):
     """Bundles rendered by plugin name (``cxrkit run training NAME``) go to a temporary folder, not ~/.cache."""

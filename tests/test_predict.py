@@ -155,7 +155,7 @@ def test_cam_to_image_undoes_resize_and_centre_crop():
 
 
 def test_model_errors_name_the_file_and_the_fix(tiny_run, tmp_path, capsys):
-    with pytest.raises(ModelLoadError, match="no configs/inference.yaml.*cxrkit run training"):
+    with pytest.raises(ModelLoadError, match="no trained model.*cxrkit run training"):
         load_model(REPO / "bundles" / "inat_swav")  # a bundle trains; its run folder predicts
     with pytest.raises(ModelLoadError, match="no such file or folder"):
         load_model(tmp_path / "missing")

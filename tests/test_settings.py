@@ -18,9 +18,8 @@ from cxrkit.engine.settings import SETTINGS, SettingsError, check_overrides, che
 from support.paths import REPO
 
 BUNDLE = REPO / "bundles" / "random"
-#: the base config the thin bundle's train.yaml is merged onto (MONAI takes both files as a list).
-BASE = REPO / "bundles" / "_base" / "configs" / "train.yaml"
-CONFIG_FILES = f"['{BASE}','{BUNDLE / 'configs' / 'train.yaml'}']"
+#: the bundle's self-contained training config (what MONAI's runner is given).
+CONFIG_FILES = str(BUNDLE / "configs" / "train.yaml")
 
 
 @pytest.fixture
@@ -126,7 +125,7 @@ def test_valid_values_pass_and_folds_bound_fold():
 def test_nested_overrides_of_existing_ids_and_component_arguments_stay_allowed():
     from monai.bundle import ConfigParser
 
-    config = ConfigParser.load_config_files([str(BASE), str(BUNDLE / "configs" / "train.yaml")])
+    config = ConfigParser.load_config_files(CONFIG_FILES)
     check_overrides(config, ["epochs", "train#trainer#max_epochs", "train::handlers::1::seed",
                              "train#trainer#epoch_length", "train#dataloader#_disabled_", "_meta_#version"])
     with pytest.raises(SettingsError, match=r"--train#handlers#99 \(did you mean"):

@@ -2,8 +2,9 @@
 
 :mod:`cxrkit.bundle.render` renders configs, metadata and texts for any registered weight
 plugin; :mod:`cxrkit.bundle.folders` writes bundle folders, finds a bundle by path or plugin
-name (rendering one when needed, so a plain wheel install works) and keeps the repository's
-thin ``bundles/`` in step. ``cxrkit bundle write|check|sync`` is the command line.
+name (rendering one when needed, so a plain wheel install works) and generates the repository's
+self-contained ``bundles/<plugin>/`` (``sync``) and compares them (``check``).
+``cxrkit bundle write|check|sync`` is the command line.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def plugin_source(plugin: str | None) -> WeightSource:
     if not plugin:
         raise ValueError(
             "no weight plugin set: this is the base config. Run a plugin's bundle (cxrkit run training NAME, "
-            "or bundles/<plugin>/configs/train.yaml after the base), or pass --plugin NAME (`cxrkit list weights`)"
+            "or bundles/<plugin>/configs/train.yaml), or pass --plugin NAME (`cxrkit list weights`)"
         )
     from cxrkit.weights import get_source
 

@@ -1,20 +1,21 @@
 """Bundle folders: their files, writing them, finding a bundle by path or plugin name, the repository's bundles/.
 
-Two layouts come from the package's base config (:mod:`cxrkit.bundle.render`):
+Every bundle is self-contained, in the MONAI model-zoo layout (:func:`bundle_files`):
+``configs/train.yaml`` (the whole training config), ``configs/evaluate.yaml`` and
+``configs/inference.yaml`` (short overrides of the training config, run as
+``--config_file "['configs/train.yaml','configs/evaluate.yaml']"``), ``configs/metadata.json``,
+``configs/logging.conf``, ``docs/README.md``, ``LICENSE`` and ``models/README.md``. All come from
+the package's base config (:mod:`cxrkit.bundle.render`) and the plugin's ``WeightSource``, so one
+bundle per plugin is generated, never edited:
 
-* **self-contained** (:func:`bundle_files`, MONAI model-zoo layout): ``configs/train.yaml``,
-  ``configs/metadata.json``, ``configs/logging.conf``, ``docs/README.md``, ``LICENSE`` and
-  ``models/README.md``. ``cxrkit bundle write PLUGIN --output_dir DIR`` writes one for any
-  registered plugin, and ``cxrkit run training PLUGIN`` renders one into a cache folder.
-* **thin** (:func:`thin_files`): ``configs/train.yaml`` holding only what differs from the base
-  (``plugin: NAME``) and ``configs/metadata.json``; the repository's ``bundles/<plugin>/``.
-  ``bundles/_base/configs/`` holds the base (:func:`base_files`). MONAI runs the two as a list
-  (``--config_file "['bundles/_base/configs/train.yaml','bundles/<plugin>/configs/train.yaml']"``),
-  and so does :func:`config_files`. A config without MONAI's ``run`` id is an override of
-  ``../_base/configs/<kind>.yaml``.
+* the repository's ``bundles/<plugin>/`` for every plugin cxrkit ships (:func:`shipped_plugins`),
+  written by ``cxrkit bundle sync`` (:func:`sync_bundles`) and compared by ``cxrkit bundle check``
+  (:func:`check_bundles`);
+* ``cxrkit bundle write PLUGIN --output_dir DIR`` for any registered plugin, third-party included;
+* ``cxrkit run training PLUGIN`` renders one into a cache folder (:func:`cached_bundle`).
 
-Bundles hold training only: evaluation and inference need a trained model, so a run folder
-gets its own self-contained ``evaluate.yaml`` and ``inference.yaml`` when it is trained.
+A trained model lives in the run folder a training writes; its own ``evaluate.yaml`` and
+``inference.yaml`` are self-contained (MONAI Label reads ``inference.yaml`` alone).
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from cxrkit.bundle.render import (
+    GENERATED_KEY,
     RUN_IDS,
     BundleParams,
-    base_config,
+    comment_lines,
+    generated_note,
     load_yaml,
     render_config,
     render_logging_conf,
@@ -42,66 +45,60 @@ from cxrkit.bundle.render import (
 
 __all__ = [
     "BundleNotFoundError",
-    "BASE",
     "CACHE_ENV",
+    "OVERRIDE_KINDS",
     "bundle_files",
-    "thin_files",
-    "base_files",
+    "shipped_plugins",
     "write_bundle",
     "cached_bundle",
     "bundles_root",
     "find_bundle",
     "config_files",
+    "is_override",
     "check_bundles",
     "sync_bundles",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: the folder of ``bundles/`` that holds the base configs.
-BASE = "_base"
 #: environment variable naming the folder for bundles rendered by plugin name.
 CACHE_ENV = "CXRKIT_BUNDLE_CACHE"
-_COMMITTED_KINDS = ("train",)  # the configs a bundle without a model can run
+#: the configs of a bundle that override its ``configs/train.yaml`` (the model zoo's pattern).
+OVERRIDE_KINDS = ("evaluate", "inference")
 
 
 class BundleNotFoundError(FileNotFoundError):
     """No bundle where one was expected; the message says where it looked and what to pass instead."""
 
 
-def _metadata_text(plugin: str) -> str:
-    return json.dumps(render_metadata(BundleParams(plugin)), indent=2) + "\n"
-
-
 def bundle_files(plugin: str) -> dict[str, str]:
-    """Every file of a self-contained bundle of ``plugin`` (MONAI model-zoo layout): relative path -> text.
+    """Every file of the self-contained bundle of ``plugin`` (MONAI model-zoo layout): relative path -> text.
+
+    Each file starts by saying it is generated and by which command (:func:`cxrkit.bundle.render.generated_note`;
+    ``configs/metadata.json`` as its first key, ``generated``).
 
     Raises:
         cxrkit.registry.RegistryError: no weight plugin of that name.
     """
+    note = generated_note(plugin)
     params = BundleParams(plugin)
-    files = {f"configs/{kind}.yaml": render_config(kind, params) for kind in _COMMITTED_KINDS}
-    files["configs/metadata.json"] = _metadata_text(plugin)
-    files["configs/logging.conf"] = render_logging_conf()
-    files["docs/README.md"] = render_text("README.md", plugin)
-    files["LICENSE"] = render_text("LICENSE", plugin)
-    files["models/README.md"] = render_text("models_README.md", plugin)
+    files = {"configs/train.yaml": render_config("train", params)}
+    files.update({f"configs/{kind}.yaml": render_override(kind, plugin) for kind in OVERRIDE_KINDS})
+    metadata = {GENERATED_KEY: note, **render_metadata(params)}
+    files["configs/metadata.json"] = json.dumps(metadata, indent=2) + "\n"
+    files["configs/logging.conf"] = comment_lines(note) + render_logging_conf()
+    files["docs/README.md"] = f"<!-- {note} -->\n" + render_text("README.md", plugin)
+    files["LICENSE"] = comment_lines(note, prefix="") + "\n" + render_text("LICENSE", plugin)
+    files["models/README.md"] = f"<!-- {note} -->\n" + render_text("models_README.md", plugin)
     return files
 
 
-def thin_files(plugin: str) -> dict[str, str]:
-    """The files of ``bundles/<plugin>/``: what differs from ``bundles/_base`` (overrides and metadata)."""
-    params = BundleParams(plugin)
-    files = {f"configs/{kind}.yaml": render_override(kind, params) for kind in _COMMITTED_KINDS}
-    files["configs/metadata.json"] = _metadata_text(plugin)
-    return files
+def shipped_plugins() -> list[str]:
+    """The weight plugins cxrkit itself registers (every ``WeightSource`` of the registry whose distribution is
+    cxrkit): the repository holds a ``bundles/<plugin>/`` for each."""
+    from cxrkit.registry import weights
 
-
-def base_files() -> dict[str, str]:
-    """The files of ``bundles/_base/``: the base configs and ``logging.conf``."""
-    files = {f"configs/{kind}.yaml": base_config(kind) for kind in _COMMITTED_KINDS}
-    files["configs/logging.conf"] = render_logging_conf()
-    return files
+    return [name for name in weights.names() if weights.entry(name).distribution == "cxrkit"]
 
 
 def _write_files(folder: Path, files: Mapping[str, str]) -> list[Path]:
@@ -231,80 +228,86 @@ def find_bundle(name_or_path: str | os.PathLike) -> Path:
     )
 
 
-def _is_override(config: Path) -> bool:
+def is_override(config: str | os.PathLike) -> bool:
+    """Whether the config file ``config`` overrides its folder's ``train.yaml``: it has an entry point (``run``)
+    but sets no ``plugin``, which every whole config does (JSON is YAML). ``False`` for a file that cannot be read
+    as a mapping."""
     try:
-        data = load_yaml(config.read_text(encoding="utf-8"))
+        data = load_yaml(Path(config).read_text(encoding="utf-8"))
     except Exception:  # noqa: BLE001 - not ours to judge here: MONAI reports a broken config
         return False
-    return isinstance(data, dict) and "run" not in data
+    return isinstance(data, dict) and "run" in data and "plugin" not in data
 
 
 def config_files(bundle: str | os.PathLike, kind: str) -> list[Path]:
     """The config file(s) MONAI runs for ``kind`` of the bundle folder ``bundle``, in merge order.
 
-    A self-contained config is one file; an override (no ``run`` id) follows its base
-    ``../_base/configs/<kind>.yaml``, as in the MONAI command its header shows.
+    A self-contained config is one file (every training config; a run folder's evaluate and inference configs);
+    a bundle's ``evaluate.yaml`` / ``inference.yaml`` overrides ``configs/train.yaml`` and follows it, as in the
+    MONAI command its header shows.
 
     Raises:
-        FileNotFoundError: the bundle has no ``kind`` config, or an override's base is missing.
+        FileNotFoundError: the bundle has no ``kind`` config, or an override's ``train.yaml`` is missing.
     """
     root = Path(bundle)
     config = root / "configs" / f"{kind}.yaml"
     if not config.is_file():
-        hint = (" A plugin's bundle holds training only: evaluation and inference need a trained model, so pass "
-                "the run folder `cxrkit run training` wrote (runs/<plugin>-<timestamp>)" if kind != "train" else "")
-        raise FileNotFoundError(f"{root} has no {RUN_IDS[kind]} config ({config} does not exist).{hint}")
-    if not _is_override(config):
+        raise FileNotFoundError(f"{root} has no {RUN_IDS[kind]} config ({config} does not exist)")
+    if kind == "train" or not is_override(config):
         return [config]
-    base = root.parent / BASE / "configs" / f"{kind}.yaml"
-    if not base.is_file():
-        raise FileNotFoundError(
-            f"{config} holds only what differs from the base config {base}, which is missing. Use the whole "
-            f"bundles/ folder, or a self-contained bundle: `cxrkit bundle write {root.name} --output_dir DIR`"
-        )
-    return [base, config]
+    train = root / "configs" / "train.yaml"
+    if not train.is_file():
+        raise FileNotFoundError(f"{config} overrides the training config {train}, which is missing")
+    return [train, config]
 
 
-def _committed(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+def _folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _root(root: str | os.PathLike | None) -> Path:
+    base = Path(root).expanduser() if root else bundles_root()
+    if not base.is_dir():
+        raise BundleNotFoundError(f"--bundles_dir {base}: no such folder")
+    return base
 
 
 def check_bundles(root: str | os.PathLike | None = None) -> list[str]:
-    """Differences between a ``bundles/`` folder and what the package renders (empty: up to date).
+    """Differences between a ``bundles/`` folder and what ``cxrkit bundle sync`` writes (empty: up to date).
 
-    Checks ``_base/`` and every plugin folder present; a built-in plugin needs no folder.
+    Every plugin cxrkit ships needs its folder; a folder of another registered plugin (a third party's) is
+    checked too; one of no plugin (a leftover such as ``_base``) is reported. Each problem names the file.
 
     Raises:
         BundleNotFoundError: no such folder.
     """
     from cxrkit.registry import weights
 
-    base = Path(root).expanduser() if root else bundles_root()
-    if not base.is_dir():
-        raise BundleNotFoundError(f"--bundles_dir {base}: no such folder")
+    base = _root(root)
+    present = _folders(base)
     known = set(weights.names())
-    expected = {BASE: base_files()}
-    problems = []
-    for name in _committed(base):
-        if name in known:
-            expected[name] = thin_files(name)
-        else:
-            problems.append(f"{base / name}: no weight plugin of that name (remove the folder)")
-    for name, files in expected.items():
+    problems = [f"{base / name}: no weight plugin of that name (remove the folder)"
+                for name in present if name not in known]
+    for name in sorted(set(shipped_plugins()) | (set(present) & known)):
+        folder = base / name
+        files = bundle_files(name)
+        if not folder.is_dir():
+            problems.append(f"{folder}: missing (the '{name}' weight source has no bundle yet)")
+            continue
         for rel, text in files.items():
-            path = base / name / rel
+            path = folder / rel
             if not path.is_file():
                 problems.append(f"{path}: missing")
             elif path.read_text(encoding="utf-8") != text:
-                problems.append(f"{path}: differs from what cxrkit renders")
-        extra = sorted(str(p.relative_to(base / name)) for p in (base / name).rglob("*") if p.is_file()) \
-            if (base / name).is_dir() else []
-        problems += [f"{base / name / rel}: not part of the bundle (remove it)" for rel in extra if rel not in files]
+                problems.append(f"{path}: differs from what `cxrkit bundle sync` writes")
+        extra = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        problems += [f"{folder / rel}: not part of the bundle (remove it)" for rel in extra if rel not in files]
     return problems
 
 
 def sync_bundles(root: str | os.PathLike | None = None, plugins: Sequence[str] = ()) -> list[Path]:
-    """Rewrite ``bundles/_base`` and every plugin folder present (plus ``plugins``) from the package.
+    """Write or refresh ``bundles/<plugin>/`` for every plugin cxrkit ships, every other plugin folder present,
+    and ``plugins``. Nothing is deleted: :func:`check_bundles` names what to remove by hand.
 
     Returns:
         The files that changed.
@@ -313,13 +316,12 @@ def sync_bundles(root: str | os.PathLike | None = None, plugins: Sequence[str] =
         BundleNotFoundError: no such folder.
         cxrkit.registry.RegistryError: an unknown plugin.
     """
-    base = Path(root).expanduser() if root else bundles_root()
-    if not base.is_dir():
-        raise BundleNotFoundError(f"--bundles_dir {base}: no such folder")
     from cxrkit.registry import weights
 
-    names = sorted(set(plugins) | (set(_committed(base)) & set(weights.names())))
-    changed = _write_files(base / BASE, base_files())
+    base = _root(root)
+    files = {name: bundle_files(name) for name in plugins}  # an unknown name fails before anything is written
+    names = sorted(set(plugins) | set(shipped_plugins()) | (set(_folders(base)) & set(weights.names())))
+    changed: list[Path] = []
     for name in names:
-        changed += _write_files(base / name, thin_files(name))
+        changed += _write_files(base / name, files.get(name) or bundle_files(name))
     return changed

@@ -5,8 +5,8 @@ the linear probe and the benchmarks call. It is the Python form of::
 
     python -m monai.bundle run training --config_file BUNDLE/configs/train.yaml --bundle_root BUNDLE ...
 
-(a thin bundle such as ``bundles/inat_swav`` runs as the list ``bundles/_base/configs/train.yaml``,
-``bundles/inat_swav/configs/train.yaml``: :func:`cxrkit.bundle.config_files`). It takes a bundle
+(a bundle's evaluate or inference override runs on its ``configs/train.yaml``, as the list
+``configs/train.yaml``, ``configs/evaluate.yaml``: :func:`cxrkit.bundle.config_files`). It takes a bundle
 folder, a plugin name (its bundle rendered from the package: :func:`cxrkit.bundle.find_bundle`) or a
 run folder, sets ``bundle_root`` to it and runs MONAI's ``ConfigWorkflow``
 (:func:`monai.bundle.scripts.create_workflow`, ``run``, ``finalize``: what
@@ -71,8 +71,8 @@ def user_error(exc: BaseException) -> BaseException | None:
 def _config_and_overrides(name: str, bundle: str | Path,
                           overrides: Mapping[str, Any] | None) -> tuple[Path, list[Path], dict[str, Any]]:
     """``(bundle root, config files in merge order, overrides)``; a resumed training uses the run folder's own
-    config. A thin bundle (``bundles/<plugin>``) runs as two files, its base ``bundles/_base`` and its override
-    (:func:`cxrkit.bundle.config_files`); a self-contained bundle or a run folder as one."""
+    config. A bundle's evaluate or inference override runs as two files, after its ``train.yaml``
+    (:func:`cxrkit.bundle.config_files`); a whole config (training, a run folder's) as one."""
     from cxrkit.bundle import config_files, find_bundle
     from cxrkit.runfolder import resume_target
 

@@ -1,4 +1,4 @@
-"""``cxrkit bundle write|check|sync``: write a self-contained bundle; keep the repository's bundles/ in step."""
+"""``cxrkit bundle write|check|sync``: write a self-contained bundle; generate and check the repository's bundles/."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from cxrkit.options import CommandFormatter, add_common, add_option
 
     p = sub.add_parser(
-        "bundle", help="write a MONAI bundle for any weight plugin; check the repository's bundles/",
-        description="Bundles come from one base config inside the cxrkit package: `write` makes a self-contained "
-                    "bundle of any weight plugin; `check` and `sync` keep the repository's thin bundles/ in step.",
+        "bundle", help="write a MONAI bundle for any weight plugin; generate and check the repository's bundles/",
+        description="Bundles come from one base config inside the cxrkit package and each plugin's WeightSource: "
+                    "`write` makes a self-contained bundle of any weight plugin; `sync` writes the repository's "
+                    "bundles/<plugin>/ for every plugin cxrkit ships and `check` fails when one differs.",
         epilog="examples:\n  cxrkit bundle write xrv_resnet50 --output_dir my_bundle\n"
                "  cxrkit bundle check\n  cxrkit bundle sync",
         formatter_class=CommandFormatter,
@@ -36,11 +37,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     write.set_defaults(func=run_write)
 
     for name, helps in (
-        ("check", "compare the repository's bundles/ with what cxrkit renders (exit 1 if they differ)"),
-        ("sync", "rewrite the repository's bundles/ from cxrkit's base config (after editing the templates)"),
+        ("check", "compare the repository's bundles/ with what `sync` writes (exit 1 naming each file that differs)"),
+        ("sync", "write or refresh bundles/<plugin>/ for every weight source cxrkit ships (after editing the "
+                 "templates or adding a WeightSource)"),
     ):
-        q = bsub.add_parser(name, help=helps, description=helps + ". Checks bundles/_base and every plugin "
-                            "folder there; a plugin needs no folder (cxrkit run training NAME renders its bundle).",
+        q = bsub.add_parser(name, help=helps, description=helps + ". Covers every plugin cxrkit registers and any "
+                            "other plugin's folder present; every file is generated, never edited by hand.",
                             formatter_class=CommandFormatter)
         add_option(q, "--bundles_dir", type=Path, default=None, metavar="DIR",
                    help="the bundles folder (default: the repository's bundles/)")

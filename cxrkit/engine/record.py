@@ -5,7 +5,7 @@ the folder is a servable bundle and can be resumed), the split, the initial
 weights, the library versions and ``summary.json``. The resolved training
 config it writes is handed to it explicitly: :func:`cxrkit.bundle.runner.run_bundle`
 passes the config it runs (its files merged, every override applied) as a :class:`ConfigSnapshot`;
-under MONAI's own runner the bundle's ``configs/train.yaml`` is read (a thin bundle's on its base)
+under MONAI's own runner the bundle's ``configs/train.yaml`` is read (the package's base when absent)
 and the run's resolved top-level settings (which the config lists) are applied to it. Either way
 the run folder gets ONE self-contained ``configs/train.yaml``: what a resume runs.
 """
@@ -96,12 +96,11 @@ class ConfigSnapshot:
 def _raw_config(config: Any) -> dict[str, Any]:
     """The raw training config from a :class:`ConfigSnapshot`, a mapping, or the config file(s) a run started from.
 
-    Files are merged as MONAI merges a list of config files. A thin bundle's override
-    (``bundles/<plugin>/configs/train.yaml``, no ``run`` id) follows its base
-    (:func:`cxrkit.bundle.config_files`); when no whole config can be read (an override whose base is
-    elsewhere, a ``bundle_root`` that is not the bundle's folder), the package's base training config
-    stands in under what was read, so the run folder's ``configs/train.yaml`` is always one
-    self-contained config (the run's resolved settings are then written over it).
+    Files are merged as MONAI merges a list of config files. When no whole config can be read (under
+    ``python -m monai.bundle`` the recorder reads ``<bundle_root>/configs/train.yaml``, and ``bundle_root``
+    ``"."`` is the working directory, not necessarily the bundle's folder), the package's base training
+    config stands in under what was read, so the run folder's ``configs/train.yaml`` is always one
+    self-contained config (the run's resolved settings, the plugin included, are then written over it).
     """
     if isinstance(config, ConfigSnapshot):
         return copy.deepcopy(config.config)
@@ -109,16 +108,10 @@ def _raw_config(config: Any) -> dict[str, Any]:
         return {k: copy.deepcopy(v) for k, v in config.items() if k != "_meta_"}
     from monai.bundle import ConfigParser
 
-    from cxrkit.bundle.folders import config_files
     from cxrkit.bundle.render import base_config, load_yaml
 
     named = [config] if isinstance(config, (str, Path)) else list(config or [])
     files = [Path(str(f)) for f in named if Path(str(f)).is_file()]
-    if len(files) == 1 and files[0].name == "train.yaml" and files[0].parent.name == "configs":
-        try:
-            files = config_files(files[0].parent.parent, "train")
-        except FileNotFoundError:
-            pass  # an override without its base: the package's base stands in below
     loaded = ConfigParser.load_config_files([str(f) for f in files]) if files else {}
     raw = {k: v for k, v in loaded.items() if k != "_meta_"} if isinstance(loaded, dict) else {}
     if "run" not in raw:

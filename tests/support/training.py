@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchvision.models as tvm
 
 from support.paths import REPO, shared_data
 from support.weights import LAYOUTS, save
 
-__all__ = ["train_tiny_run", "write_inat_swav"]
+__all__ = ["synthetic_csv_dataset", "train_tiny_run", "write_inat_swav"]
 
 
 def train_tiny_run(root: Path) -> Path:
@@ -27,6 +29,24 @@ def train_tiny_run(root: Path) -> Path:
                "--device", "cpu", "--progress", "false", "--tensorboard_images", "0"])
     assert rc == 0 and (run / "models" / "model.pt").is_file(), "training the tiny run failed"
     return run
+
+
+def synthetic_csv_dataset(root: Path, n: int = 12, size: int = 32, seed: int = 0) -> Path:
+    """``n`` synthetic ``size`` px radiographs, COVID and Normal in turn, listed in ``root/labels.csv`` (the ``csv``
+    dataset adapter: ``--dataset csv --dataset_dir root``)."""
+    from PIL import Image
+
+    from cxrkit.demo import synthetic_xray
+
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    with open(root / "labels.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "label"])
+        for i in range(n):
+            Image.fromarray(synthetic_xray(i % 2 == 0, size, rng)).save(root / "img" / f"{i}.png")
+            writer.writerow([f"img/{i}.png", ["COVID", "Normal"][i % 2]])
+    return root
 
 
 def write_inat_swav(folder: Path, seed: int = 0) -> Path:

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Mapping
 
+from cxrkit.bundle.folders import is_override
 from cxrkit.runfolder import RunPaths
 
 __all__ = ["BundleConfigError", "find_bundles", "is_servable", "model_name"]
@@ -60,6 +61,12 @@ def find_bundles(app_dir: str | os.PathLike, conf: Mapping[str, str]) -> dict[st
             raise BundleConfigError(
                 f"{origin} {folder}: not a trained cxrkit bundle (it needs configs/inference.yaml, "
                 "configs/metadata.json and models/model.pt); pass a run folder written by `cxrkit run training`"
+            )
+        config = RunPaths.of(folder).inference_config
+        if is_override(config):  # MONAI Label's BundleInferTask reads the inference config alone
+            raise BundleConfigError(
+                f"{origin} {config} overrides configs/train.yaml (a generated bundle's model-zoo pattern), and "
+                "MONAI Label reads the inference config alone; pass the run folder `cxrkit run training` wrote"
             )
         if name in found and found[name] != folder.resolve():
             raise BundleConfigError(
