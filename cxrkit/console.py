@@ -82,7 +82,16 @@ class ConsoleHandler(logging.StreamHandler):
     """A console ``StreamHandler`` that writes through ``tqdm.write`` and hides INFO records unless verbose.
 
     Lines printed by :func:`write` (logger ``cxrkit.console``) are on the console already and are not repeated.
+    A handler made for the process's ``sys.stdout``/``sys.stderr`` writes to whatever they are when a record
+    comes (a captured or replaced stream is followed, never written to after it was closed).
+
+    Args:
+        stream: the stream of the handler it replaces.
     """
+
+    def __init__(self, stream: Any = None) -> None:
+        super().__init__(stream)
+        self.which = "stdout" if stream is sys.stdout else "stderr" if stream is sys.stderr else None
 
     def filter(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
         if record.name == LINES_LOGGER:
@@ -93,7 +102,8 @@ class ConsoleHandler(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            tqdm.write(self.format(record), file=self.stream)
+            stream = getattr(sys, self.which) if self.which else self.stream
+            tqdm.write(self.format(record), file=stream)
         except RecursionError:
             raise
         except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
