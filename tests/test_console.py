@@ -161,7 +161,7 @@ def test_verbose_run_shows_the_whole_log_on_the_console(tmp_path, tiny, capsys):
 
 
 @pytest.mark.slow
-def test_demo_console_fits_on_a_screen(tmp_path, capsys):
+def test_demo_and_external_consoles_fit_on_a_screen(tmp_path, capsys):
     rc = main(["demo", "--dir", str(tmp_path / "demo"), "--per-class", "8", "--epochs", "2", "--image-size", "32",
                "--batch-size", "8", "--device", "cpu"])
     captured = capsys.readouterr()
@@ -175,3 +175,13 @@ def test_demo_console_fits_on_a_screen(tmp_path, capsys):
     assert len((out + captured.err).splitlines()) < 50
     assert PER_CLASS.search((run_dir / "log.txt").read_text())
     assert "Metrics --" in (run_dir / "evaluation" / "log.txt").read_text()
+
+    # cxrkit external: the evaluate config's console is as quiet; its whole log in external/<name>/log.txt
+    data = tmp_path / "demo" / "data" / "COVID-19_Radiography_Dataset"
+    assert main(["external", str(run_dir), "--dataset", "radiography", "--dataset_dir", str(data), "--name", "again",
+                 "--device", "cpu", "--bootstrap", "50", "--no_progress"]) == 0
+    out = capsys.readouterr().out
+    assert "external: again" in out and "tensor(" not in out and "Metrics --" not in out and "Engine run" not in out
+    folder = run_dir / "external" / "again"
+    assert f"wrote          : {folder}" in out and f"next           : cxrkit report {run_dir}" in out
+    assert len(out.splitlines()) < 12 and "Metrics --" in (folder / "log.txt").read_text()
