@@ -235,6 +235,7 @@ def run_demo(
         "output_dir": str(work / "runs" / f"{plugin}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"),
         "allow_missing_weights": not pretrained,
         "progress": bool(progress),
+        "train_console#summary": False,  # the demo's summary names the report it writes
     })
     run = RunPaths.of(run_dir)
     run_bundle("evaluate", run.root, {

@@ -23,6 +23,7 @@ and serving read (see ``docs/training.md`` for the contract)::
     external/<name>/          evaluations on other collections (`cxrkit external`): predictions.csv, metrics.json
     versions.json             library versions and device
     summary.json              counts per class and split, skipped images, leakage audit, wall time
+    log.txt                   the whole log of the training (the console shows one line per epoch)
     tensorboard/              event files
     evaluation/               metrics.json, predictions.csv of ``cxrkit run evaluate``
     inference/predictions.csv ``cxrkit run inference``
@@ -169,6 +170,7 @@ class RunPaths:
     external = _child("external")
     versions = _child("versions.json")
     summary = _child("summary.json")
+    log = _child("log.txt")
     tensorboard = _child("tensorboard")
     debug = _child("debug")
     evaluation = _child("evaluation")

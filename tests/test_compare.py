@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import pytest
 import yaml
@@ -76,6 +77,11 @@ def test_compare_finetune_two_plugins_one_split(isolated, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "skipped" in printed and str(out / "comparison.md") in printed
+    # one console line per source, none per epoch (each run's whole log: its log.txt)
+    assert re.search(r"^inat_swav +finished +\d+\.\d s  best epoch \d+: val accuracy \S+ AUC \S+  test accuracy",
+                     printed, re.M), printed
+    assert re.search(r"^swav +skipped ", printed, re.M) and "epoch 1/" not in printed and "tensor(" not in printed
+    assert "Metrics --" in (out / "runs" / "inat_swav" / "log.txt").read_text()
 
     # one split, written once, used by every run
     split = json.loads((out / "split.json").read_text())

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxrkit.console import bar_disable
 from cxrkit.runfolder import RunPaths
 
 __all__ = ["AuditError", "AuditResult", "audit_run", "read_audit", "AUDIT_FORMAT", "AUDIT_DIR"]
@@ -124,7 +125,7 @@ def _prepare(model: Any, items: list[tuple[str, int]], use_masks: bool, progress
     sources: Counter = Counter()
     rejected: Counter = Counter()
     skipped: list[str] = []
-    for path, label in tqdm(items, desc="audit: reading images", unit="img", disable=not progress, leave=False):
+    for path, label in tqdm(items, desc="audit: reading images", unit="img", disable=bar_disable(progress), leave=False):
         try:
             grey = load_image(path)
             x = model.preprocessing({"image": path})["image"]
@@ -202,7 +203,7 @@ def audit_run(run_dir: str | os.PathLike, *, dataset_dir: str | None = None, max
         return model.probabilities(x).numpy().argmax(1)
 
     steps = len(images) * 5 + len(images)
-    with tqdm(total=steps, desc="audit: probing", unit="img", disable=not progress, leave=False) as bar:
+    with tqdm(total=steps, desc="audit: probing", unit="img", disable=bar_disable(progress), leave=False) as bar:
         conditions, examples, base_pred = run_occlusion(predict, images, torch.as_tensor(masks), labels,
                                                         model.classes, seed=seed, batch_size=batch_size,
                                                         progress=bar.update)

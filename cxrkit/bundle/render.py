@@ -376,7 +376,7 @@ def render_metadata(params: BundleParams, versions: Mapping[str, str] | None = N
 
 
 def render_logging_conf() -> str:
-    """``configs/logging.conf`` (console logging at INFO)."""
+    """``configs/logging.conf`` (console: warnings; a run routes every record to its ``log.txt``)."""
     return _template("logging.conf")
 
 

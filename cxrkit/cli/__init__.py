@@ -27,7 +27,7 @@ import os
 import sys
 from typing import Sequence
 
-from cxrkit import __version__
+from cxrkit import __version__, console
 
 __all__ = ["main", "build_parser", "COMMANDS", "CLIError", "adapter_options"]
 
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune chest X-ray classifiers from many pretrained-weight sources.",
     )
     parser.add_argument("--version", action="version", version=f"cxrkit {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="the whole log on the console (also after COMMAND); -vv: debug")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in COMMANDS.items():
         importlib.import_module(module).add_parser(sub)
@@ -70,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    # -v after COMMAND too (--verbose there is a config override of the commands that take them: --verbose true)
+    flags = ("-v", "-vv") if getattr(args, "accepts_overrides", False) else ("-v", "-vv", "--verbose")
+    args.verbose += sum(2 if e == "-vv" else 1 for e in extra if e in flags)
+    extra = [e for e in extra if e not in flags]
+    console.set_verbose(args.verbose > 0)  # the whole log on the console too (else only in the run's log.txt)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -64,10 +64,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cxrkit import console
     from cxrkit.cli import CLIError, adapter_options
-    from cxrkit.cli.table import format_table
     from cxrkit.data import DatasetError
-    from cxrkit.experiment.compare import CompareError, CompareSettings, run_comparison
+    from cxrkit.engine.console import source_line
+    from cxrkit.experiment.compare import CompareError, CompareSettings, RunOutcome, run_comparison
 
     options = adapter_options(args.overrides, args.allow_missing)
     settings = CompareSettings(
@@ -78,14 +79,21 @@ def run(args: argparse.Namespace) -> int:
         feature_cache=args.feature_cache, skip_bad_images=args.skip_bad_images, dataset_options=options,
         bootstrap=args.bootstrap, progress=args.progress,
     )
+
+    def show(run: RunOutcome) -> None:  # one line per weight source as its run ends
+        label = run.plugin + ("" if run.fold is None else f" fold {run.fold}")
+        console.write(source_line(label, run.run_dir, run.status, run.seconds, run.error))
+
     try:
-        result = run_comparison(settings)
+        result = run_comparison(settings, on_run=show)
     except (CompareError, DatasetError, ValueError) as exc:  # bad options or data: the message says what to fix
         raise CLIError(str(exc)) from exc
-    rows = [[r.plugin, "-" if r.fold is None else str(r.fold), r.status, f"{r.seconds:.1f}s",
-             r.run_dir if r.status == "finished" else (r.error or "")] for r in result.runs]
-    rows += [[plugin, "-", "skipped", "", reason] for plugin, reason in result.skipped.items()]
-    print(format_table(["plugin", "fold", "status", "time", "run folder / reason"], rows))
-    print(f"split: {', '.join(str(p) for p in result.splits)}")
-    print(f"report: {result.report}")
+    for plugin, reason in result.skipped.items():
+        console.write(source_line(plugin, "", "skipped", 0.0, reason))
+    finished = [r.run_dir for r in result.runs if r.status == "finished"]
+    console.write("")
+    console.write(f"folder         : {result.out_dir} (runs/<source>/log.txt: each run's whole log)")
+    console.write(f"split          : {', '.join(str(p) for p in result.splits)}")
+    console.write(f"report         : {result.report}")
+    console.write(f"next           : cxrkit report {finished[0]}   (one source's own report, with its audit)")
     return 1 if result.failed else 0

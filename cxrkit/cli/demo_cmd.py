@@ -33,10 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cxrkit import console
     from cxrkit.api import RunPaths, user_error
     from cxrkit.bundle import BundleNotFoundError
     from cxrkit.cli import CLIError
     from cxrkit.demo import run_demo, weights_available
+    from cxrkit.engine.console import run_summary
     from cxrkit.weights import get_source
 
     source = get_source(args.plugin)
@@ -59,20 +61,11 @@ def run(args: argparse.Namespace) -> int:
         if cause is None:
             raise
         raise CLIError(f"{type(cause).__name__}: {cause}") from exc
-    metrics, evaluation = result.metrics, result.evaluation
-    best = next((r for r in metrics["epochs"] if r["epoch"] == metrics["best_epoch"]), metrics["epochs"][-1])
-    ev = evaluation["metrics"]
     run = RunPaths.of(result.run_dir)
-    print(f"\nsynthetic data : {result.dataset}")
-    print(f"weights        : {'pretrained ' + args.plugin if result.pretrained else 'random initialisation'}")
-    print(f"run folder     : {run.root}")
-    print(f"best epoch     : {metrics['best_epoch']} of {len(metrics['epochs'])} "
-          f"(val_accuracy {best['val_accuracy']:.3f}, val_auc {best['val_auc']:.3f})")
-    print(f"evaluation     : accuracy {ev['accuracy']:.3f}, ROC AUC {ev['auc']:.3f} on {evaluation['n_images']} "
-          f"{'held-out test' if evaluation.get('subset') == 'test' else 'validation'} images -> "
-          f"{run.evaluation_metrics}")
-    print(f"model          : {run.model}")
-    print(f"report         : {run.report_html} (and report.md)")
-    print(f"TensorBoard    : tensorboard --logdir {run.tensorboard}")
-    print(f"next           : cxrkit run inference {run.root} --input {result.dataset / 'COVID'}")
+    console.write("")
+    console.write(f"synthetic data : {result.dataset}")
+    console.write(f"weights        : {'pretrained ' + args.plugin if result.pretrained else 'random initialisation'}")
+    for line in run_summary(run.root, seed=args.seed, report=run.report_html,
+                            next_command=f"cxrkit run inference {run.root} --input {result.dataset / 'COVID'}"):
+        console.write(line)
     return 0

@@ -49,6 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cxrkit import console
     from cxrkit.api import external
     from cxrkit.bundle.runner import user_error
     from cxrkit.cli import CLIError, adapter_options
@@ -83,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
     for split in [s for s in run.splits if s != "validation"]:
         ev = evaluate_run(run, bootstrap=args.bootstrap, split=split)
         rows.append([split, str(ev.metrics.n), with_ci(ev, "accuracy"), f"{ev.metrics.macro['f1']:.4f}"])
-    print(format_table(["split", "images", "accuracy (95% CI)", "macro F1"], rows))
-    print(f"wrote {folder}")
+    for line in format_table(["split", "images", "accuracy (95% CI)", "macro F1"], rows).splitlines():
+        console.write(line)
+    console.write("")
+    console.write(f"wrote          : {folder}")
+    console.write(f"log            : {Path(folder) / console.LOG_FILE}")
+    console.write(f"next           : cxrkit report {paths.root}   (internal and external results side by side)")
     return 0

@@ -48,7 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cxrkit import console
     from cxrkit.api import run_bundle, user_error
+    from cxrkit.bundle.runner import workflow_name
     from cxrkit.bundle import BundleNotFoundError
     from cxrkit.cli import CLIError
     from cxrkit.options import parse_overrides
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError("--no_progress takes no value and cannot be combined with --progress", code=2)
         overrides["progress"] = False
     try:
-        run_bundle(args.workflow, args.bundle, overrides)
+        written = run_bundle(args.workflow, args.bundle, overrides)
     except (BundleNotFoundError, FileNotFoundError) as exc:
         raise CLIError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - show the user's mistake, not MONAI's wrapper
@@ -71,4 +73,6 @@ def run(args: argparse.Namespace) -> int:
             raise
         logger.debug("bundle failed", exc_info=exc)
         raise CLIError(f"{type(cause).__name__}: {cause}") from exc
+    if workflow_name(args.workflow) != "training" and written is not None:  # training printed its own summary
+        console.write(f"wrote {written}")
     return 0

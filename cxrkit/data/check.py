@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from cxrkit.console import bar_disable
 from cxrkit.data.errors import BadImageError, BadImagesError, decoding
 from cxrkit.data.readers import FORMAT_NAMES, dicom_to_array, pil_to_grey, read_dicom_dataset, sniff_format
 
@@ -166,7 +167,7 @@ def check_images(
     paths = [str(i["image"]) if isinstance(i, dict) else str(i) for i in items]
     unique = list(dict.fromkeys(paths))
     workers = workers or min(8, 2 * (os.cpu_count() or 1))
-    bar = tqdm(total=len(unique), desc="checking images", unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=len(unique), desc="checking images", unit="img", disable=bar_disable(progress), leave=False)
     reasons: dict[str, str | None] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         for path, reason in zip(unique, pool.map(_reason, unique), strict=True):

@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cxrkit.console import bar_disable
 from cxrkit.data.batchtransforms import EPOCH_KEY, POSITION_KEY, to_uint8
 
 __all__ = ["cache_placement", "ImageCache", "DecodedImages", "CachedImages", "GPU_SHARE", "fill_workers"]
@@ -213,7 +214,7 @@ class ImageCache:
         workers = int(workers) if len(source) > 1 else 0
         loader = DataLoader(_Filling(source), batch_size=_CHUNK, num_workers=workers, collate_fn=_chunk,
                             sampler=range(1, len(source)), generator=torch.Generator())  # the global RNG untouched
-        bar = tqdm(total=len(source), desc="caching images", unit="img", disable=not progress, leave=False)
+        bar = tqdm(total=len(source), desc="caching images", unit="img", disable=bar_disable(progress), leave=False)
         bar.update(1)
         try:
             for entries in loader:

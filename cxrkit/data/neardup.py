@@ -35,6 +35,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from cxrkit.console import bar_disable
+
 __all__ = [
     "HASH_BITS",
     "DEFAULT_THRESHOLD",
@@ -143,7 +145,7 @@ def hash_images(paths: Iterable[str | os.PathLike], *, progress: bool = True,
     out: dict[str, np.ndarray] = {}
     workers = workers or min(8, 2 * (os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        bar = tqdm(total=len(unique), desc="hashing images", unit="img", disable=not progress or not unique,
+        bar = tqdm(total=len(unique), desc="hashing images", unit="img", disable=bar_disable(progress and unique),
                    leave=False)
         for path, value in zip(unique, pool.map(one, unique)):
             if value is not None:

@@ -32,6 +32,7 @@ __all__ = [
     "MetricsRecorder",
     "TensorBoardImages",
     "ProgressBar",
+    "batch_length",
     "ValidationEarlyStopping",
     "SampleIdRecorder",
 ]
@@ -249,16 +250,53 @@ class TensorBoardImages:
 
 
 class ProgressBar(IgniteProgressBar):
-    """Ignite's tqdm ``ProgressBar`` showing the running loss, attachable from a bundle config."""
+    """Ignite's tqdm ``ProgressBar``, one bar per epoch showing the running loss and images per second.
 
-    def __init__(self, output_transform: Callable | None = None, persist: bool = False) -> None:
-        super().__init__(persist=persist)
+    Drawn on a terminal only (tqdm's ``disable=None``): in CI or through a pipe the console stays
+    line-oriented. The bar is cleared at the epoch's end, where the epoch's line
+    (:class:`cxrkit.engine.console.TrainingConsole`) takes its place.
+
+    Args:
+        output_transform: the engine output -> the loss shown.
+        persist: keep each epoch's bar on screen.
+        disable: ``None``: no bar unless standard error is a terminal; ``True``/``False`` forces it.
+    """
+
+    def __init__(self, output_transform: Callable | None = None, persist: bool = False,
+                 disable: bool | None = None) -> None:
+        super().__init__(persist=persist, disable=disable)
         self._output_transform = output_transform
+        self._images = 0
+        self._started = 0.0
 
     def attach(self, engine: Engine, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        engine.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._count)  # before the bar reads the rate
         if not args and "output_transform" not in kwargs and self._output_transform is not None:
-            kwargs["output_transform"] = lambda out: {"loss": float(self._output_transform(out))}
+            kwargs["output_transform"] = self._postfix
         super().attach(engine, *args, **kwargs)
+
+    def _start_epoch(self, engine: Engine) -> None:
+        self._images, self._started = 0, time.perf_counter()
+
+    def _count(self, engine: Engine) -> None:
+        self._images += batch_length(engine.state.batch)
+
+    def _postfix(self, output: Any) -> dict[str, float]:
+        elapsed = time.perf_counter() - self._started
+        shown = {"loss": float(self._output_transform(output))}  # type: ignore[misc]
+        if elapsed > 0 and self._images:
+            shown["img/s"] = round(self._images / elapsed, 1)
+        return shown
+
+
+def batch_length(batch: Any) -> int:
+    """Images in a batch: a dict of stacked tensors (its ``image``), or a list of items."""
+    if isinstance(batch, dict):
+        value = batch.get("image", next(iter(batch.values()), None))
+        shape = getattr(value, "shape", None)
+        return int(shape[0]) if shape else (len(value) if isinstance(value, (list, tuple)) else 0)
+    return len(batch) if isinstance(batch, (list, tuple)) else 0
 
 
 class ValidationEarlyStopping:

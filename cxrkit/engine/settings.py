@@ -218,6 +218,7 @@ SETTINGS: dict[str, Reader] = {
     "channels_last": _auto_flag,
     "compile": _flag,
     "progress": _flag,
+    "verbose": _auto_flag,
     # data
     "dataset_dir": _path("dir"),
     "dataset": _registered("datasets"),
@@ -262,6 +263,7 @@ SETTINGS: dict[str, Reader] = {
     "tensorboard_images": _whole(minimum=0),
     "record_sample_ids": _flag,
     "calibrate": _flag,
+    "console_lines": _flag,
     # evaluate / inference
     "subset": _choice(lambda: ("all", "val", "train", "test")),
     "class_map": _class_map,

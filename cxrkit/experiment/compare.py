@@ -29,7 +29,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+from cxrkit.console import bar_disable
 
 __all__ = ["MODES", "CompareError", "CompareSettings", "PluginPlan", "RunOutcome", "ComparisonResult",
            "resolve_plugins", "plan_plugins", "make_splits", "run_comparison"]
@@ -255,6 +257,7 @@ def _overrides(plan: PluginPlan, settings: CompareSettings, split: Path, run_dir
         "dataset": settings.dataset, "dataset_dir": str(Path(settings.dataset_dir).expanduser().resolve()),
         "split_manifest": str(split), "seed": int(settings.seed), "output_dir": str(run_dir),
         "device": settings.device, "progress": bool(settings.progress),
+        "console_lines": False,  # the comparison prints one line per run instead of one per epoch
         "skip_bad_images": bool(settings.skip_bad_images), "dataset_options": dict(settings.dataset_options),
     }
     if settings.task is not None:
@@ -278,8 +281,13 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}".strip()
 
 
-def run_comparison(settings: CompareSettings) -> ComparisonResult:
+def run_comparison(settings: CompareSettings,
+                   on_run: Callable[[RunOutcome], None] | None = None) -> ComparisonResult:
     """Train every chosen plugin on one split (or every fold) and write one comparison report.
+
+    Args:
+        settings: the comparison.
+        on_run: called with each run's outcome as it ends (``cxrkit compare`` prints one line per run).
 
     Returns:
         The :class:`ComparisonResult` (report path, runs, skipped and failed plugins).
@@ -311,7 +319,7 @@ def run_comparison(settings: CompareSettings) -> ComparisonResult:
     splits = make_splits(settings, out_dir)
     result = ComparisonResult(out_dir, None, [s[1] for s in splits], plans)
     jobs = [(plan, fold, split, data) for fold, split, data in splits for plan in ready]
-    bar = tqdm(jobs, desc=f"compare ({settings.mode})", unit="run", disable=not settings.progress)
+    bar = tqdm(jobs, desc=f"compare ({settings.mode})", unit="run", disable=bar_disable(settings.progress))
     for plan, fold, split, data in bar:
         bar.set_postfix_str(plan.plugin + ("" if fold is None else f" fold {fold}"))
         run_dir = out_dir / "runs" / (plan.plugin + ("" if fold is None else f"-fold{fold}"))
@@ -330,6 +338,8 @@ def run_comparison(settings: CompareSettings) -> ComparisonResult:
             logger.debug("run failure", exc_info=exc)
         outcome.seconds = round(time.perf_counter() - started, 3)
         result.runs.append(outcome)
+        if on_run is not None:
+            on_run(outcome)
         logger.info("%s: %s in %.1fs -> %s", plan.plugin, outcome.status, outcome.seconds, run_dir)
 
     finished = [Path(r.run_dir) for r in result.runs if r.status == "finished"]

@@ -26,6 +26,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from cxrkit.console import bar_disable
+
 __all__ = [
     "FEATURE_FORMAT",
     "FEATURE_CACHE_ENV",
@@ -224,7 +226,7 @@ def extract_features(backbone: torch.nn.Module, items: Sequence[Mapping[str, Any
                                 transform), batch_size=int(batch_size), shuffle=False, num_workers=int(num_workers))
     chunks = []
     try:
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=bar_disable(progress), leave=False):
             images, _ = prepare_batch(batch, device)
             chunks.append(backbone(images).float().cpu())
     finally:

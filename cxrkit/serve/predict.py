@@ -34,6 +34,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from cxrkit.console import bar_disable
 from cxrkit.serve.model import LoadedModel
 
 __all__ = ["Predictor", "Prediction", "PredictionFailure", "PredictionResult", "collect_inputs", "predict_files"]
@@ -253,7 +254,7 @@ class Predictor:
         if cam_dir is not None:
             _ = self.explainer  # fail before any work when the network cannot be hooked
         used_names: set[str] = set()
-        bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress or not paths, leave=False)
+        bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=bar_disable(progress and paths), leave=False)
         try:
             for start in range(0, len(paths), size):
                 batch_files, tensors = [], []
