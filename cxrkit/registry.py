@@ -298,7 +298,9 @@ class Registry:
 
 
 weights = Registry("weight source", "cxrkit.weights", ("cxrkit.weights.builtin",))
-backbones = Registry("backbone", "cxrkit.backbones", ("cxrkit.networks.backbones",))
+backbones = Registry(
+    "backbone", "cxrkit.backbones", ("cxrkit.networks.backbones", "cxrkit.networks.vit", "cxrkit.networks.convnets")
+)
 datasets = Registry("dataset", "cxrkit.datasets", ("cxrkit.data.builtin",))
 
 REGISTRIES: dict[str, Registry] = {"weights": weights, "backbones": backbones, "datasets": datasets}

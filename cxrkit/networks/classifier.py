@@ -61,6 +61,8 @@ def freeze_stages(backbone: nn.Module, until: str | None) -> list[str]:
     for name in chosen:
         for param in backbone.get_submodule(name).parameters():
             param.requires_grad_(False)
+    for param in backbone.parameters(recurse=False):  # a ViT's class token and position embedding: with the
+        param.requires_grad_(False)                    # first stage (a ResNet has none)
     return chosen
 
 
