@@ -297,7 +297,7 @@ class Registry:
         return f"Registry({self.kind!r}, group={self.group!r})"
 
 
-weights = Registry("weight source", "cxrkit.weights", ("cxrkit.weights.builtin",))
+weights = Registry("weight source", "cxrkit.weights", ("cxrkit.weights.builtin", "cxrkit.weights.foundation"))
 backbones = Registry(
     "backbone", "cxrkit.backbones", ("cxrkit.networks.backbones", "cxrkit.networks.vit", "cxrkit.networks.convnets")
 )

@@ -77,6 +77,15 @@ class WeightSource:
         drop_prefixes: key prefixes of tensors to drop (heads, momentum encoders).
         renames: ``(regex, replacement)`` pairs applied to every key.
         filter_fn: optional last filter step, ``f(state_dict) -> state_dict``.
+        license: the weights' licence, short name shown to users (``"MIT"``, ``"CC-BY-NC-4.0"``,
+            ``"research-only"``); empty when unknown.
+        license_restricted: the licence restricts use (non-commercial, research-only, gated terms).
+        interpolation: resize mode of the source's own preprocessing: ``"area"`` (the study's),
+            ``"bilinear"`` or ``"bicubic"`` (antialiased, as PIL resizes for transformers/open_clip).
+        config_file: a configuration file published beside the weights (``"config.json"``); when it is
+            found next to the weight file, its values named in ``config_fields`` are checked.
+        config_fields: ``(dotted key in config_file, backbone attribute)`` pairs that must agree, e.g.
+            ``("hidden_size", "embed_dim")`` or ``("vision_config.patch_size", "patch_size")``.
 
     Raises:
         ValueError: on construction, when a field is inconsistent (the message
@@ -105,6 +114,11 @@ class WeightSource:
     drop_prefixes: tuple[str, ...] = ("fc.",)
     renames: tuple[tuple[str, str], ...] = ()
     filter_fn: FilterFn | None = None
+    license: str = ""
+    license_restricted: bool = False
+    interpolation: str = "area"
+    config_file: str | None = None
+    config_fields: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         for name in _TUPLE_FIELDS:  # accept lists from plugin authors, store tuples
@@ -113,6 +127,7 @@ class WeightSource:
                 raise ValueError(f"weight source '{self.name}': {name} must be a tuple, not the string {value!r}")
             object.__setattr__(self, name, tuple(value))
         object.__setattr__(self, "renames", tuple(tuple(pair) for pair in self.renames))
+        object.__setattr__(self, "config_fields", tuple(tuple(pair) for pair in self.config_fields))
         self._validate()
 
     def _validate(self) -> None:
@@ -137,6 +152,8 @@ class WeightSource:
             raise ValueError(f"{where}: need 0 < input_size <= resize, got {self.input_size}, {self.resize}")
         for pattern, _ in self.renames:
             re.compile(pattern)
+        if self.interpolation not in ("area", "bilinear", "bicubic"):
+            raise ValueError(f"{where}: interpolation must be area, bilinear or bicubic, got {self.interpolation!r}")
         if self.filter_fn is not None and not callable(self.filter_fn):
             raise ValueError(f"{where}: filter_fn must be callable")
 
