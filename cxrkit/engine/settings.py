@@ -209,6 +209,7 @@ SETTINGS: dict[str, Reader] = {
     "plugin": _registered("weights"),
     "image_size": _whole(minimum=1),
     "head": _choice(_heads),
+    "pool": _text(),
     "device": _device,
     "num_workers": _auto_whole(minimum=0),
     "num_threads": _whole(minimum=1, allow_none=True),
@@ -240,6 +241,8 @@ SETTINGS: dict[str, Reader] = {
     "freeze_until": _text(),
     "mode": _choice(lambda: MODES),
     "feature_cache": _text(),
+    "drop_path_rate": _real(minimum=0.0),
+    "grad_checkpointing": _flag,
     # optimisation
     "epochs": _whole(minimum=1),
     "lr": _real(minimum=0.0, positive=True),

@@ -149,8 +149,6 @@ class CXRClassifier(nn.Module):
                 "path": None,
                 "sha256": None,
                 "pretrained": False,
-                "license": source.license,
-                "license_restricted": source.license_restricted,
             }
         self.image_size = size
         self.num_classes = int(num_classes)

@@ -62,8 +62,6 @@ def build_pretrained_backbone(
     info: dict[str, Any] = {
         "plugin": source.name,
         "architecture": source.architecture,
-        "license": source.license,
-        "license_restricted": source.license_restricted,
         "path": None,
         "sha256": None,
         "pretrained": False,

@@ -188,6 +188,7 @@ def make_dinov2(folder: Path, *, registers: int = 0, hidden: int = 32, layers: i
         state["pos_embed"] = torch.cat([cls_pos, state["pos_embed"]], dim=1)
         state["cls_token"] = state["cls_token"] - cls_pos
     name = "dinov2_vitb14_reg4_pretrain.pth" if registers else "dinov2_vitb14_pretrain.pth"
+    Path(folder).mkdir(parents=True, exist_ok=True)
     path = Path(folder) / name
     torch.save(state, path)
     return Fabricated(path, lambda x: model(x),
