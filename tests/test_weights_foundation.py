@@ -14,7 +14,7 @@ import torch
 
 from cxrkit.weights import get_source
 from cxrkit.weights.load import load_pretrained
-from tests.support import foundation as fab
+from support import foundation as fab
 
 TOLERANCE = 1e-4
 

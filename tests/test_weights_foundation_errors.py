@@ -15,8 +15,8 @@ from cxrkit.networks.backbones import build_backbone
 from cxrkit.networks.vit import ViTBackbone, ViTConfig
 from cxrkit.weights.errors import CorruptCheckpointError, WeightMismatchError
 from cxrkit.weights.load import load_pretrained
-from tests.support import foundation as fab
-from tests.support.weights import reference
+from support import foundation as fab
+from support.weights import reference
 
 
 def _unchanged(backbone: torch.nn.Module):

@@ -28,12 +28,13 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 from timm.layers import get_act_layer
 from timm.models.vision_transformer import VisionTransformer
 
 from cxrkit.registry import backbones
 
-__all__ = ["ViTBackbone", "ViTConfig", "VIT_CONFIGS", "check_image_size", "POOLS"]
+__all__ = ["ViTBackbone", "ViTConfig", "TokenGrid", "VIT_CONFIGS", "check_image_size", "POOLS"]
 
 #: pooling of the final tokens into one feature vector.
 POOLS = ("token", "mean", "map")
@@ -96,6 +97,31 @@ def check_image_size(image_size: int, patch_size: int, name: str) -> int:
     return size
 
 
+class TokenGrid(nn.Module):
+    """The patch tokens of ``(B, N, C)`` tokens as a ``(B, C, H, W)`` grid; :meth:`merge` puts them back.
+
+    No weights. Between the two the values are unchanged, so inserting the pair changes nothing but
+    gives Grad-CAM a spatial activation to hook on a Vision Transformer.
+
+    Args:
+        prefix: leading non-patch tokens (class and register tokens).
+        side: patches per side.
+    """
+
+    def __init__(self, prefix: int, side: int) -> None:
+        super().__init__()
+        self.prefix = int(prefix)
+        self.side = int(side)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see the class docstring
+        patches = tokens[:, self.prefix:]
+        return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], self.side, self.side)
+
+    def merge(self, tokens: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        """``tokens`` with their patch tokens replaced by ``grid`` (flattened back)."""
+        return torch.cat([tokens[:, : self.prefix], grid.flatten(2).transpose(1, 2)], dim=1)
+
+
 class ViTBackbone(VisionTransformer):
     """timm's VisionTransformer returning pooled features (no classifier).
 
@@ -143,8 +169,29 @@ class ViTBackbone(VisionTransformer):
         self.pos_embed_prefix = 0 if config.no_embed_class else self.num_prefix_tokens
         self.stages = ("patch_embed", *(f"blocks.{i}" for i in range(config.depth)), "norm") + (
             ("attn_pool",) if config.pool == "map" else ())
+        self.cam_grid = TokenGrid(self.num_prefix_tokens, size // config.patch_size)
+        self.cam_layer = "cam_grid"  # what Grad-CAM hooks (cxrkit.serve.gradcam)
         if grad_checkpointing:
             self.set_grad_checkpointing(True)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's ``forward_features``, with the last block's input passed through :attr:`cam_grid`.
+
+        The patch tokens entering the last block are viewed as a ``(B, C, H, W)`` grid by
+        :class:`TokenGrid` (no weights; the values are unchanged), so Grad-CAM can hook that grid:
+        the pooled output (class token, mean or attention pool) depends on those tokens through the
+        last block's attention.
+        """
+        x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            if i == last:
+                x = self.cam_grid.merge(x, self.cam_grid(x))
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.norm(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 - see the class docstring
         tokens = self.forward_features(x)
@@ -155,10 +202,8 @@ class ViTBackbone(VisionTransformer):
         return tokens[:, 0]
 
     def token_grid(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(B, N, C)`` block output as a ``(B, C, H, W)`` map of its patch tokens (for Grad-CAM)."""
-        patches = tokens[:, self.num_prefix_tokens:]
-        side = self.image_size // self.patch_size
-        return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+        """``(B, N, C)`` tokens as the ``(B, C, H, W)`` map of their patch tokens."""
+        return self.cam_grid(tokens)
 
 
 #: registry name -> architecture. DINOv2 and RAD-DINO share ViT-B/14 with layer scale.
