@@ -59,14 +59,22 @@ def test_rad_dino_trains_by_name_and_predicts_with_grad_cam(rad_dino_file, tmp_p
 
 def test_grad_cam_on_a_vit_reads_its_patch_grid():
     from cxrkit.networks.classifier import CXRClassifier
+    from cxrkit.networks.heads import build_head
+    from cxrkit.networks.vit import ViTBackbone, ViTConfig
     from cxrkit.serve import GradCAMExplainer
 
     torch.manual_seed(0)
-    net = CXRClassifier("chexzero", 2, head="linear", pretrained=False, image_size=128).eval()
+    net = CXRClassifier("random", 2, head="linear", pretrained=False)
+    # a CheXzero-shaped ViT (pre-norm, QuickGELU, patch 32), narrow and shallow for speed
+    net.backbone = ViTBackbone(ViTConfig("tiny CLIP", 32, 64, 2, 2, 128, pre_norm=True, norm_eps=1e-5,
+                                         act="quick_gelu"), "tiny", image_size=128)
+    net.head = build_head("linear", 64, 2)
+    net.eval()
     explainer = GradCAMExplainer(net)
     assert explainer.target_layer == "backbone.cam_grid"
     x = torch.randn(2, 3, 128, 128)
     maps = explainer(x, [0, 1])
     assert maps.shape == (2, 128, 128) and maps.max() == pytest.approx(1.0)
+    assert len(np.unique(maps[0][::32, ::32])) > 1  # a 4 x 4 patch grid, not a constant map
     assert not np.allclose(maps[0], maps[1], atol=1e-3)
     assert not net.backbone.cam_grid._forward_hooks  # MONAI hooked a private copy
