@@ -40,7 +40,7 @@ def test_rad_dino_trains_by_name_and_predicts_with_grad_cam(rad_dino_file, tmp_p
                "--image_size", "56", "--epochs", "1", "--batch_size", "4", "--max_items", "12",
                "--output_dir", str(run), "--device", "cpu", "--progress", "false", "--tensorboard_images", "0",
                "--lr", "1e-5", "--drop_path_rate", "0.1", "--grad_checkpointing", "true",
-               "--freeze_until", "blocks.10"])  # the last block, the final norm and the head train: small optimiser state
+               "--freeze_until", "blocks.10"])  # the last block, final norm and head train: a small optimiser state
     assert rc == 0 and (run / "models" / "model.pt").is_file()
     weights = json.loads((run / "weights.json").read_text())
     assert weights["plugin"] == "rad_dino" and weights["pretrained"] and weights["architecture"] == \

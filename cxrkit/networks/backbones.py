@@ -71,7 +71,7 @@ def resnet18(in_channels: int = 3) -> nn.Module:
 
 @backbones.register("densenet121")
 def densenet121(in_channels: int = 3) -> nn.Module:
-    """DenseNet-121 (torchvision layout, the CheXNet architecture): 1024 features, native 224 px, accepts 32 px and more."""
+    """DenseNet-121 (torchvision layout, CheXNet's): 1024 features, native 224 px, accepts 32 px and more."""
     model = tvm.densenet121(weights=None)
     model.num_features = model.classifier.in_features
     model.classifier = nn.Identity()

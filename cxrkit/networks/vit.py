@@ -22,9 +22,8 @@ position embedding), ``blocks.0`` ... ``blocks.N-1``, ``norm`` (and ``attn_pool`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -77,7 +76,6 @@ class ViTConfig:
     norm_eps: float = 1e-6
     act: str = "gelu"
     pool: str = "token"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
         """One line for ``cxrkit list backbones``: features, native and accepted input sizes."""
@@ -160,7 +158,7 @@ class ViTBackbone(VisionTransformer):
             init_values=config.init_values, class_token=config.class_token, reg_tokens=config.reg_tokens,
             no_embed_class=config.no_embed_class, pre_norm=config.pre_norm,
             norm_layer=partial(nn.LayerNorm, eps=config.norm_eps), act_layer=get_act_layer(config.act),
-            drop_path_rate=float(drop_path_rate), **config.extra,
+            drop_path_rate=float(drop_path_rate),
         )
         self.config = config
         self.pool_mode = pool

@@ -263,7 +263,7 @@ def _inspect(path: Path) -> _Inspection:
 
 
 def checkpoint_format(path: str | os.PathLike[str]) -> str:
-    """``"zip"`` (torch >= 1.6), ``"legacy"`` (older ``torch.save``), ``"pickle"`` (plain ``pickle.dump``) or ``"safetensors"``.
+    """``"zip"`` (torch >= 1.6), ``"legacy"`` (older ``torch.save``), ``"pickle"`` (``pickle.dump``) or ``"safetensors"``.
 
     The file's pickles are read statically (bounded in time and memory), never unpickled.
 

@@ -67,7 +67,8 @@ def structural_hints(keys: list[str], architecture: str) -> list[str]:
     if architecture.startswith("vit") and any(k.endswith("register_tokens") for k in keys) \
             and "reg" not in architecture:
         hints.append(f"this DINOv2 file has register tokens (register_tokens), but backbone {architecture} has "
-                     "none: it is a ViT 'with registers' (e.g. dinov2_vitb14_reg4_pretrain.pth), not this plugin's file")
+                     "none: it is a ViT 'with registers' (e.g. dinov2_vitb14_reg4_pretrain.pth), not this plugin's "
+                     "file")
     if any(k.startswith(("optimizer.", "state.", "param_groups")) for k in keys):
         hints.append("this looks like an optimizer state, not model weights")
     return hints
