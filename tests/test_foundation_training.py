@@ -40,12 +40,16 @@ def test_rad_dino_trains_by_name_and_predicts_with_grad_cam(rad_dino_file, tmp_p
                "--image_size", "56", "--epochs", "1", "--batch_size", "4", "--max_items", "12",
                "--output_dir", str(run), "--device", "cpu", "--progress", "false", "--tensorboard_images", "0",
                "--lr", "1e-5", "--drop_path_rate", "0.1", "--grad_checkpointing", "true",
+               "--opt", "adamw", "--weight_decay", "0.05", "--layer_decay", "0.65", "--lr_schedule", "cosine",
+               "--warmup_epochs", "0.5",
                "--freeze_until", "blocks.10"])  # the last block, final norm and head train: a small optimiser state
     assert rc == 0 and (run / "models" / "model.pt").is_file()
     weights = json.loads((run / "weights.json").read_text())
     assert weights["plugin"] == "rad_dino" and weights["pretrained"] and weights["architecture"] == \
         "vit_base_patch14_dinov2"
     assert "37x37 -> 4x4" in weights["channels_adapted"]
+    epochs = json.loads((run / "metrics.json").read_text())["epochs"]
+    assert len(epochs) == 1 and 0 < epochs[0]["lr"] < 1e-5  # the cosine schedule moved the rate
 
     images = sorted((data / "COVID-19_Radiography_Dataset" / "COVID").glob("*.png"))[:2]
     cams = tmp_path / "cams"

@@ -68,6 +68,16 @@ def _real(minimum: float | None = None, maximum: float | None = None, positive: 
     return read
 
 
+def _real_or_none(minimum: float, maximum: float) -> Reader:
+    def read(value: Any, name: str) -> float | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none")):
+            return None
+        real = _real(minimum, maximum, positive=True)(value, name)
+        return real
+
+    return read
+
+
 def _share(minimum: float) -> Reader:
     """A share of the images between ``minimum`` and 0.95; nothing: the default (what data preparation reads)."""
 
@@ -249,6 +259,10 @@ SETTINGS: dict[str, Reader] = {
     "betas": _betas,
     "eps": _real(minimum=0.0, positive=True),
     "weight_decay": _real(minimum=0.0),
+    "opt": _choice(lambda: ("adam", "adamw")),
+    "layer_decay": _real_or_none(0.0, 1.0),
+    "lr_schedule": _choice(lambda: ("constant", "cosine")),
+    "warmup_epochs": _real(minimum=0.0),
     "loss": _choice(_losses),
     "focal_gamma": _real(minimum=0.0),
     "class_weighted_loss": _auto_flag,
