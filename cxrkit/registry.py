@@ -297,8 +297,10 @@ class Registry:
         return f"Registry({self.kind!r}, group={self.group!r})"
 
 
-weights = Registry("weight source", "cxrkit.weights", ("cxrkit.weights.builtin",))
-backbones = Registry("backbone", "cxrkit.backbones", ("cxrkit.networks.backbones",))
+weights = Registry("weight source", "cxrkit.weights", ("cxrkit.weights.builtin", "cxrkit.weights.foundation"))
+backbones = Registry(
+    "backbone", "cxrkit.backbones", ("cxrkit.networks.backbones", "cxrkit.networks.vit", "cxrkit.networks.convnets")
+)
 datasets = Registry("dataset", "cxrkit.datasets", ("cxrkit.data.builtin",))
 
 REGISTRIES: dict[str, Registry] = {"weights": weights, "backbones": backbones, "datasets": datasets}

@@ -100,6 +100,10 @@ def test_linear_probe_run_folder_is_complete_and_predictions_are_the_models(isol
     assert [r["epoch"] for r in metrics["epochs"]] == [1, 2]
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_auc", "val_sensitivity/COVID"):
         assert all(np.isfinite(r[key]) for r in metrics["epochs"]), key
+    # the converged probe is fitted once: every epoch reports the same model, its C chosen on validation
+    assert metrics["epochs"][0]["val_loss"] == metrics["epochs"][1]["val_loss"]
+    probe = json.loads((run_dir / "summary.json").read_text())["linear_probe"]
+    assert probe["val_accuracy_by_C"][f"{probe['C']:g}"] == max(probe["val_accuracy_by_C"].values())
     meta = json.loads((run_dir / "configs" / "metadata.json").read_text())
     assert meta["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "COVID", "1": "Normal"}
     inference = yaml.safe_load((run_dir / "configs" / "inference.yaml").read_text())

@@ -35,7 +35,8 @@ PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 TORCH = ("2.9.1", "2.11.0", "2.14.1")
 TORCHVISION = ("0.24.1", "0.26.0", "0.29.1")
 PINNED = {"torch": "2.14.1", "torchvision": "0.29.1", "monailabel": "0.8.5", "pydicom": "2.4.4",
-          "dicomweb-client": "0.59.3", "pynetdicom": "2.1.1", "huggingface_hub": "2.5.0"}
+          "dicomweb-client": "0.59.3", "pynetdicom": "2.1.1", "timm": "1.0.31", "safetensors": "0.8.0",
+          "huggingface_hub": "2.5.0", "transformers": "5.25.0", "open_clip_torch": "3.3.0"}
 
 
 def _pyproject(path: Path) -> dict:

@@ -113,8 +113,12 @@ def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         logger.info("linear probe vs fine-tuning epoch")
         results["linear_probe"] = probe_vs_finetune(run)
     if "inference" not in args.skip:
-        logger.info("inference at %d px, batch 1 and 16", args.inference_size)
-        results["inference"] = inference_speed(network, args.inference_size, in_channels=network.in_channels,
+        # a ViT is built for one image size (its position embedding): it is measured at the size it trained at
+        fixed = getattr(network.backbone, "patch_size", None) and getattr(network.backbone, "image_size", None)
+        inference_size = int(fixed or args.inference_size)
+        results["settings"]["inference_size"] = inference_size
+        logger.info("inference at %d px, batch 1 and 16", inference_size)
+        results["inference"] = inference_speed(network, inference_size, in_channels=network.in_channels,
                                                repeats=args.inference_repeats, device=run.device,
                                                amp_kwargs=run.amp_kwargs)
     run.close()

@@ -6,7 +6,8 @@
 
 1. ``LoadImaged`` with :class:`~cxrkit.data.readers.CXRImageReader` (any format,
    grey, ``[0, 1]``, channel first);
-2. ``Resized`` to ``(S, S)`` (area interpolation, as the study resized 299 -> 224),
+2. ``Resized`` to ``(S, S)`` (the source's ``interpolation``: area by default, as the study resized
+   299 -> 224; bilinear or bicubic with antialiasing for the foundation models, as their processors),
    or to ``(resize, resize)`` then ``CenterSpatialCropd`` to ``(S, S)`` for
    weight sources trained with "resize 256, crop 224"; then :class:`EightBitd`:
    the grey levels rounded to 8 bits (``k / 255``), as the datasets' PNG and JPEG
@@ -208,16 +209,21 @@ def build_transforms(
     if resize is not None and int(resize) < int(image_size):
         raise ValueError(f"resize ({resize}) must be at least image_size ({image_size})")
     size = (int(image_size),) * 2
+    mode = str(getattr(spec, "interpolation", "area") or "area")
+    if mode not in ("area", "bilinear", "bicubic"):
+        raise ValueError(f"the weight source's interpolation must be area, bilinear or bicubic, got {mode!r}")
+    # bilinear/bicubic as the sources' own pipelines resize (PIL): smoothed first when shrinking (antialiasing)
+    resize_args = {"mode": mode} if mode == "area" else {"mode": mode, "anti_aliasing": True}
 
     steps: list = [
         CopyItemsd(keys="image", names="image_path"),
         _load_imaged(),
     ]
     if resize is None:
-        steps.append(Resized(keys="image", spatial_size=size, mode="area"))
+        steps.append(Resized(keys="image", spatial_size=size, **resize_args))
     else:
         steps += [
-            Resized(keys="image", spatial_size=(int(resize),) * 2, mode="area"),
+            Resized(keys="image", spatial_size=(int(resize),) * 2, **resize_args),
             CenterSpatialCropd(keys="image", roi_size=size),
         ]
     steps += [EightBitd(), NoneToEmptyd()]

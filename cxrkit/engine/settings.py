@@ -68,6 +68,16 @@ def _real(minimum: float | None = None, maximum: float | None = None, positive: 
     return read
 
 
+def _real_or_none(minimum: float, maximum: float) -> Reader:
+    def read(value: Any, name: str) -> float | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none")):
+            return None
+        real = _real(minimum, maximum, positive=True)(value, name)
+        return real
+
+    return read
+
+
 def _share(minimum: float) -> Reader:
     """A share of the images between ``minimum`` and 0.95; nothing: the default (what data preparation reads)."""
 
@@ -209,6 +219,7 @@ SETTINGS: dict[str, Reader] = {
     "plugin": _registered("weights"),
     "image_size": _whole(minimum=1),
     "head": _choice(_heads),
+    "pool": _text(),
     "device": _device,
     "num_workers": _auto_whole(minimum=0),
     "num_threads": _whole(minimum=1, allow_none=True),
@@ -241,12 +252,18 @@ SETTINGS: dict[str, Reader] = {
     "freeze_until": _text(),
     "mode": _choice(lambda: MODES),
     "feature_cache": _text(),
+    "drop_path_rate": _real(minimum=0.0),
+    "grad_checkpointing": _flag,
     # optimisation
     "epochs": _whole(minimum=1),
     "lr": _real(minimum=0.0, positive=True),
     "betas": _betas,
     "eps": _real(minimum=0.0, positive=True),
     "weight_decay": _real(minimum=0.0),
+    "opt": _choice(lambda: ("adam", "adamw")),
+    "layer_decay": _real_or_none(0.0, 1.0),
+    "lr_schedule": _choice(lambda: ("constant", "cosine")),
+    "warmup_epochs": _real(minimum=0.0),
     "loss": _choice(_losses),
     "focal_gamma": _real(minimum=0.0),
     "class_weighted_loss": _auto_flag,

@@ -7,11 +7,15 @@ A linear probe is a bundle training run with three settings::
 The train config's ``engine_inputs`` (:func:`engine_inputs`) then hands the
 trainer and the evaluator the backbone's pooled features of every image instead
 of the images, and the head instead of the whole network. The features are
-computed once per image and cached (:mod:`cxrkit.experiment.features`), so an
-epoch trains a logistic regression on a small matrix. Everything else is the
-fine-tuning wiring of ``train.yaml``: the loss, Adam on the trainable (head)
-parameters, the metrics, the best-model checkpoint (``models/model.pt`` = the
-whole :class:`~cxrkit.networks.classifier.CXRClassifier`), ``predictions.csv``,
+computed once per image and cached (:mod:`cxrkit.experiment.features`). The head
+is not trained by the fine-tuning optimiser: the trainer's iteration
+(:class:`~cxrkit.experiment.logistic_probe.ConvergedProbeIteration`) fits it once
+as published linear evaluations do (standardised features, logistic regression
+run to convergence, ``C`` chosen on the validation part) and then only scores,
+so every epoch reports the same converged model. Everything else is the
+fine-tuning wiring of ``train.yaml``: the loss, the metrics, the best-model
+checkpoint (``models/model.pt`` = the whole
+:class:`~cxrkit.networks.classifier.CXRClassifier`), ``predictions.csv``,
 resume, the run record. :func:`run_linear_probe` is the Python form used by
 ``cxrkit compare --mode linear_probe``.
 """
@@ -28,6 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from cxrkit.experiment.features import FeatureCache, FeatureKey, extract_features, tensors_digest
+from cxrkit.experiment.logistic_probe import ConvergedProbeIteration
 
 __all__ = ["MODES", "EngineInputs", "engine_inputs", "LinearProbeResult", "probe_features", "run_linear_probe"]
 
@@ -102,6 +107,8 @@ class EngineInputs:
         network: the module the engines run: the whole network, or its head on features.
         features: whether the items hold cached features.
         details: entries for the run's ``summary.json`` (the feature cache of a linear probe).
+        iteration: the trainer's iteration (``iteration_update``): ``None`` for the usual optimiser step;
+            for a linear probe, :class:`~cxrkit.experiment.logistic_probe.ConvergedProbeIteration`.
     """
 
     train: list[dict[str, Any]]
@@ -109,6 +116,7 @@ class EngineInputs:
     network: torch.nn.Module
     features: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    iteration: Callable | None = None
 
     def transform(self, preprocessing: Callable | None) -> Callable | None:
         """The dataset transform: the preprocessing for images, none for features."""
@@ -161,7 +169,8 @@ def engine_inputs(mode: Any, data: Any, network: Any, weight_source: Any, image_
     val = [{"image": feats[n_train + i], "label": it["label"], "index": i} for i, it in enumerate(data.val)]
     details = {"linear_probe": {"feature_cache": str(cache_file), "cache_hit": hit,
                                 "feature_time_s": round(seconds, 3)}}
-    return EngineInputs(train, val, network.head, features=True, details=details)
+    iteration = ConvergedProbeIteration(network.head, train, val, details["linear_probe"])
+    return EngineInputs(train, val, network.head, features=True, details=details, iteration=iteration)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ Weights are never fetched here: the weight plugins load local files.
 
 from __future__ import annotations
 
+import inspect
+
 import torch.nn as nn
 import torchvision.models as tvm
 
@@ -57,19 +59,19 @@ def _resnet(factory, in_channels: int) -> nn.Module:
 
 @backbones.register("resnet50")
 def resnet50(in_channels: int = 3) -> nn.Module:
-    """ResNet-50 (torchvision layout, 2048 features)."""
+    """ResNet-50 (torchvision layout): 2048 features, native 224 px, accepts 32 px and more."""
     return _resnet(tvm.resnet50, in_channels)
 
 
 @backbones.register("resnet18")
 def resnet18(in_channels: int = 3) -> nn.Module:
-    """ResNet-18 (torchvision layout, 512 features)."""
+    """ResNet-18 (torchvision layout): 512 features, native 224 px, accepts 32 px and more."""
     return _resnet(tvm.resnet18, in_channels)
 
 
 @backbones.register("densenet121")
 def densenet121(in_channels: int = 3) -> nn.Module:
-    """DenseNet-121 (torchvision layout, 1024 features), the CheXNet architecture."""
+    """DenseNet-121 (torchvision layout, CheXNet's): 1024 features, native 224 px, accepts 32 px and more."""
     model = tvm.densenet121(weights=None)
     model.num_features = model.classifier.in_features
     model.classifier = nn.Identity()
@@ -77,10 +79,31 @@ def densenet121(in_channels: int = 3) -> nn.Module:
     return adapt_first_conv_channels(model, in_channels)
 
 
-def build_backbone(name: str, in_channels: int = 3) -> nn.Module:
+def build_backbone(name: str, in_channels: int = 3, image_size: int | None = None, **options: object) -> nn.Module:
     """Build the registered backbone ``name`` with ``in_channels`` input channels.
+
+    Args:
+        name: registry name (``cxrkit list backbones``).
+        in_channels: input channels.
+        image_size: input side in pixels, for backbones whose shape depends on it (ViTs: the
+            position-embedding grid); ignored by the others.
+        options: backbone options (ViTs: ``pool``, ``drop_path_rate``, ``grad_checkpointing``); an option
+            the backbone does not take is an error, except ``None`` values, which mean "its default".
 
     Raises:
         cxrkit.registry.RegistryError: unknown backbone (the message lists the known ones).
+        ValueError: an option the backbone does not take, or an image size it cannot use.
     """
-    return backbones.get(name)(in_channels=in_channels)
+    factory = backbones.get(name)
+    params = inspect.signature(factory).parameters
+    kwargs: dict[str, object] = {"in_channels": in_channels}
+    if "image_size" in params and image_size is not None:
+        kwargs["image_size"] = int(image_size)
+    for key, value in options.items():
+        if value is None or (key == "grad_checkpointing" and not value) or (key == "drop_path_rate" and not value):
+            continue
+        if key not in params:
+            raise ValueError(f"backbone {name} takes no option {key!r} (it takes: "
+                             f"{', '.join(p for p in params if p != 'in_channels') or 'none'})")
+        kwargs[key] = value
+    return factory(**kwargs)

@@ -61,6 +61,8 @@ def freeze_stages(backbone: nn.Module, until: str | None) -> list[str]:
     for name in chosen:
         for param in backbone.get_submodule(name).parameters():
             param.requires_grad_(False)
+    for param in backbone.parameters(recurse=False):  # a ViT's class token and position embedding: with the
+        param.requires_grad_(False)                    # first stage (a ResNet has none)
     return chosen
 
 
@@ -82,6 +84,10 @@ class CXRClassifier(nn.Module):
             never looks for a file (inference and serving, where ``models/model.pt``
             supplies the weights).
         dropout: dropout probability of the head.
+        image_size: input side in pixels (default: the plugin's ``input_size``); a ViT is built for it.
+        pool: ViT pooling, ``token`` (class token), ``mean`` (patch tokens) or ``map``; default: the backbone's.
+        drop_path_rate: ViT stochastic depth (fine-tuning regulariser); 0 for none.
+        grad_checkpointing: recompute a ViT's block activations in the backward pass (less GPU memory).
 
     Attributes:
         backbone: the feature extractor (``num_features``, ``stages``).
@@ -108,12 +114,19 @@ class CXRClassifier(nn.Module):
         in_channels: int | None = None,
         pretrained: bool = True,
         dropout: float = 0.5,
+        image_size: int | None = None,
+        pool: str | None = None,
+        drop_path_rate: float | None = None,
+        grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         from cxrkit.weights import build_pretrained_backbone, get_source
 
         source = get_source(plugin)
         channels = int(in_channels) if in_channels else int(source.in_channels)
+        size = int(image_size) if image_size else int(source.input_size)
+        backbone_options = {"pool": options.text(pool), "drop_path_rate": float(drop_path_rate or 0.0),
+                            "grad_checkpointing": options.flag(grad_checkpointing, "grad_checkpointing")}
         if options.flag(pretrained, "pretrained"):
             self.backbone, info = build_pretrained_backbone(
                 plugin,
@@ -121,12 +134,15 @@ class CXRClassifier(nn.Module):
                 trust=options.flag(trust_weights, "trust_weights"),
                 in_channels=channels,
                 allow_missing=options.flag(allow_missing_weights, "allow_missing_weights"),
+                image_size=size,
+                **backbone_options,
             )
             self.weights_info: dict[str, Any] = dict(info)
         else:
             from cxrkit.networks.backbones import build_backbone
 
-            self.backbone = build_backbone(source.architecture, in_channels=channels)
+            self.backbone = build_backbone(source.architecture, in_channels=channels, image_size=size,
+                                           **backbone_options)
             self.weights_info = {
                 "plugin": source.name,
                 "architecture": source.architecture,
@@ -134,6 +150,7 @@ class CXRClassifier(nn.Module):
                 "sha256": None,
                 "pretrained": False,
             }
+        self.image_size = size
         self.num_classes = int(num_classes)
         self.in_channels = channels
         self.head_name = head

@@ -36,6 +36,7 @@ from cxrkit.report.evaluations import TEST, VALIDATION, SplitPredictions, descri
 from cxrkit.report.identity import unfinished
 from cxrkit.report.report import RunEvaluation, evaluate_predictions, evaluate_run, write_document
 from cxrkit.report.runfolder import RunFolder, load_run
+from cxrkit.report.sources import sources_table
 from cxrkit.report.trust import with_ci
 from cxrkit.report.tables import accuracy_summary_table
 
@@ -387,5 +388,6 @@ def write_comparison(run_dirs: list[Path], out_dir: Path, *, bootstrap: int = 10
         doc.add(BulletList([f"**{plugin}**: {reason}" for plugin, reason in sorted(skipped.items())]))
     else:
         doc.add(Paragraph("None."))
+    doc.add(Heading("Sources"), sources_table([(e.label, e.folds[0].run) for e in entries]))
     doc.add(Heading("Runs"), _runs_table(entries))
     return write_document(doc, out_dir, "comparison")

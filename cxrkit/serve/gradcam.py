@@ -1,8 +1,9 @@
 """Grad-CAM evidence maps for a classifier's answer, through :class:`monai.visualize.GradCAM`.
 
-* :func:`cam_target_layer` picks the layer: the backbone's last stage
-  (``backbone.layer4`` for ResNets, ``backbone.features.norm5`` for DenseNets),
-  read from the backbone's ``stages`` attribute;
+* :func:`cam_target_layer` picks the layer: the backbone's ``cam_layer`` when it
+  names one (a Vision Transformer's patch tokens entering its last block, viewed
+  as a grid: ``backbone.cam_grid``), else its last stage (``backbone.layer4`` for
+  ResNets, ``backbone.features.norm5`` for DenseNets), from its ``stages``;
 * :class:`GradCAMExplainer` computes maps for a batch, each for its own class;
 * :func:`cam_to_image` maps a map from the network's input grid back onto the
   original image (undoing the preprocessing's resize and centre crop);
@@ -45,7 +46,9 @@ def cam_target_layer(network: nn.Module) -> str:
             "Grad-CAM needs the PyTorch model: a TorchScript module cannot be hooked. Pass the run folder "
             "(it holds models/model.pt) instead of the exported .ts file"
         )
-    stages = tuple(getattr(getattr(network, "backbone", None), "stages", ()) or ())
+    backbone = getattr(network, "backbone", None)
+    cam_layer = getattr(backbone, "cam_layer", None)  # a ViT: its patch tokens viewed as a grid
+    stages = (cam_layer,) if cam_layer else tuple(getattr(backbone, "stages", ()) or ())
     if not stages:
         raise CAMError(
             f"{type(network).__name__} has no backbone.stages; cannot choose the Grad-CAM layer "

@@ -24,6 +24,8 @@ def build_pretrained_backbone(
     trust: bool = False,
     in_channels: int | None = None,
     allow_missing: bool = False,
+    image_size: int | None = None,
+    **backbone_options: Any,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build ``plugin``'s backbone architecture and load its weights.
 
@@ -35,6 +37,10 @@ def build_pretrained_backbone(
             first convolution's weights are adapted between 1 and 3 channels.
         allow_missing: when the file is not found, log a warning that says how to
             get it and return a randomly initialised backbone instead of raising.
+        image_size: input side in pixels (default: the source's ``input_size``); a ViT is built for it
+            and the file's position embedding resampled to it.
+        backbone_options: passed to the backbone factory (ViTs: ``pool``, ``drop_path_rate``,
+            ``grad_checkpointing``).
 
     Returns:
         ``(backbone, info)`` where ``info`` has ``plugin``, ``architecture``,
@@ -51,7 +57,8 @@ def build_pretrained_backbone(
     from cxrkit.networks.backbones import build_backbone
 
     source = get_source(plugin)
-    backbone = build_backbone(source.architecture, in_channels or source.in_channels)
+    backbone = build_backbone(source.architecture, in_channels or source.in_channels,
+                              image_size=image_size or source.input_size, **backbone_options)
     info: dict[str, Any] = {
         "plugin": source.name,
         "architecture": source.architecture,

@@ -19,6 +19,11 @@ truncated download, an HTML error page or random bytes give a
 trust the file, and a file that would import anything outside the allow-list of
 ``weights_only=True`` (a plain ``pickle.dump`` of an ``os.system`` call, say) is
 refused before any unpickler reads it.
+
+A safetensors file (Hugging Face's format: an 8-byte header length, a JSON
+header, raw tensor bytes) holds no code at all and is read with
+:func:`safetensors.torch.load_file`; its header is checked first, so a truncated
+download is a :class:`~cxrkit.weights.errors.CorruptCheckpointError`.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from typing import Any, BinaryIO, Iterable
 from cxrkit.weights.errors import CorruptCheckpointError, TrustedLoadWarning, UnsafeCheckpointError
 from cxrkit.weights.picklescan import PickleScan, PickleScanError, scan_pickle
 
-__all__ = ["file_digests", "open_checkpoint", "checkpoint_format"]
+__all__ = ["file_digests", "open_checkpoint", "checkpoint_format", "is_safetensors"]
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +209,41 @@ def _scan_pickles(path: Path, size: int, allowed: set[str]) -> _Inspection:
         raise _truncated(path, size, exc) from exc
 
 
+def is_safetensors(path: str | os.PathLike[str]) -> bool:
+    """Whether the file starts like a safetensors file (little-endian header length, then ``{``)."""
+    with Path(path).open("rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= struct.unpack("<Q", head[:8])[0] <= 100_000_000
+
+
+def _load_safetensors(path: Path) -> dict[str, Any]:
+    """A safetensors file's tensors (no code can run: the format holds none)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        length = struct.unpack("<Q", fh.read(8))[0]
+        try:
+            header = json.loads(fh.read(length))
+        except ValueError as exc:
+            raise CorruptCheckpointError(f"{path}: a safetensors file whose header is damaged ({exc}); "
+                                         "download it again.") from exc
+    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    if 8 + length + max(ends, default=0) > size:
+        raise CorruptCheckpointError(
+            f"{path}: a safetensors file of {size} bytes whose header promises {8 + length + max(ends)} bytes; the "
+            "file is truncated. Download it again and compare its hash.")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise CorruptCheckpointError(f"{path}: cannot read the safetensors file ({type(exc).__name__}: "
+                                     f"{_first_line(exc)}).") from exc
+
+
 def _inspect(path: Path) -> _Inspection:
     """Sniff the format and list the globals outside the allow-list, reading the pickles statically.
 
@@ -223,13 +263,15 @@ def _inspect(path: Path) -> _Inspection:
 
 
 def checkpoint_format(path: str | os.PathLike[str]) -> str:
-    """``"zip"`` (torch >= 1.6), ``"legacy"`` (older ``torch.save``) or ``"pickle"`` (plain ``pickle.dump``).
+    """``"zip"`` (torch >= 1.6), ``"legacy"`` (older ``torch.save``), ``"pickle"`` (``pickle.dump``) or ``"safetensors"``.
 
     The file's pickles are read statically (bounded in time and memory), never unpickled.
 
     Raises:
         CorruptCheckpointError: empty, truncated, or not a PyTorch checkpoint at all.
     """
+    if Path(path).stat().st_size and is_safetensors(path):
+        return "safetensors"
     return _inspect(Path(path)).format
 
 
@@ -287,6 +329,8 @@ def open_checkpoint(path: str | os.PathLike[str], *, trust: bool = False) -> Any
     import torch
 
     path = Path(path)
+    if path.stat().st_size and is_safetensors(path):
+        return _load_safetensors(path)
     found = _inspect(path)
     logger.debug("opening %s (%s format; %d globals outside the allow-list)", path, found.format, len(found.unsafe))
     if found.format == "pickle":

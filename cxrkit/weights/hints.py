@@ -17,6 +17,9 @@ __all__ = ["structural_hints", "detect_resnet", "matching_plugins", "file_hints"
 
 logger = logging.getLogger(__name__)
 
+# key names only transformers have: timm/DINOv2, transformers, OpenAI CLIP, open_clip's timm trunk
+_VIT_KEY = re.compile(r"(?:^|\.)(?:blocks\.\d+\.attn\.qkv|encoder\.layers?\.\d+\.(?:attention|self_attn)|"
+                      r"transformer\.resblocks\.\d+|cls_token|class_embedding)")
 _BLOCK = re.compile(r"(?:^|\.)layer([1-4])\.(\d+)\.conv([1-3])\.weight$")
 _RESNETS = {
     ("basic", (2, 2, 2, 2)): "resnet18",
@@ -57,6 +60,15 @@ def structural_hints(keys: list[str], architecture: str) -> list[str]:
     if resnet and resnet[0] != architecture:
         pretty = resnet[0].replace("resnet", "ResNet") if resnet[0] != "resnet" else "ResNet of unknown depth"
         hints.append(f"this looks like a {pretty} ({resnet[1]}), but the plugin expects {architecture}")
+    vit = next((k for k in keys if _VIT_KEY.search(k)), None)
+    if vit and not architecture.startswith("vit"):
+        hints.append(f"this looks like a Vision Transformer file ({vit}), not a {architecture}: try a ViT plugin "
+                     "(dinov2, rad_dino, biomedclip, chexzero, medsiglip, imagenet_vit)")
+    if architecture.startswith("vit") and any(k.endswith("register_tokens") for k in keys) \
+            and "reg" not in architecture:
+        hints.append(f"this DINOv2 file has register tokens (register_tokens), but backbone {architecture} has "
+                     "none: it is a ViT 'with registers' (e.g. dinov2_vitb14_reg4_pretrain.pth), not this plugin's "
+                     "file")
     if any(k.startswith(("optimizer.", "state.", "param_groups")) for k in keys):
         hints.append("this looks like an optimizer state, not model weights")
     return hints

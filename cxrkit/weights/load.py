@@ -27,6 +27,7 @@ from cxrkit.weights.errors import (
 )
 from cxrkit.weights.hints import file_hints
 from cxrkit.weights.keyfilter import FilteredWeights, apply_key_filter
+from cxrkit.weights.modelconfig import check_model_config
 from cxrkit.weights.provenance import check_hash, verification
 from cxrkit.weights.source import WeightSource, get_source
 from cxrkit.weights.store import find_weight_file
@@ -35,9 +36,9 @@ from cxrkit.weights.verify import (
     BackboneSpec,
     Comparison,
     apply_adaptation,
-    backbone_spec,
     compare,
     describe,
+    resample_position_embedding,
     spec_of,
 )
 
@@ -162,8 +163,11 @@ def _read(source: WeightSource | str, path: PathLike | None, trust: bool) -> _Re
     return _Read(source, file, obj, filtered, digests, hash_ok)
 
 
-def _verify(read: _Read, spec: BackboneSpec) -> tuple[dict[str, torch.Tensor], Comparison, str | None]:
+def _verify(read: _Read, spec: BackboneSpec, backbone: nn.Module) -> tuple[dict[str, torch.Tensor], Comparison,
+                                                                         str | None]:
+    """Shapes tensor by tensor, then the source's config file; nothing is loaded before both pass."""
     state = dict(read.filtered.state_dict)
+    resampled = resample_position_embedding(state, spec)
     cmp = compare(state, spec)
     if not cmp.ok:
         source = read.source
@@ -181,7 +185,8 @@ def _verify(read: _Read, spec: BackboneSpec) -> tuple[dict[str, torch.Tensor], C
             mismatched=cmp.mismatched,
             hints=hints,
         )
-    note = apply_adaptation(state, cmp)
+    check_model_config(read.source, read.path, backbone)
+    note = "; ".join(n for n in (apply_adaptation(state, cmp), resampled) if n) or None
     if note:
         logger.info("plugin %s: adapted %s", read.source.name, note)
     return state, cmp, note
@@ -193,6 +198,7 @@ def load_state_dict(
     *,
     trust: bool = False,
     in_channels: int | None = None,
+    image_size: int | None = None,
 ) -> LoadedWeights:
     """Read, filter and verify a source's weights for its backbone architecture.
 
@@ -203,6 +209,8 @@ def load_state_dict(
         trust: allow full unpickling of a file the safe loader refuses (warns).
         in_channels: input channels to adapt the first convolution to
             (default: the source's own ``in_channels``).
+        image_size: input side for backbones whose shape depends on it (ViTs; default: the source's
+            ``input_size``); a ViT's position embedding is resampled to it.
 
     Returns:
         The verified tensors with the file's path and sha256.
@@ -213,9 +221,13 @@ def load_state_dict(
         CorruptCheckpointError: truncated, empty or not a checkpoint.
         WeightMismatchError: the tensors do not fit the architecture (counts, first keys, hints).
     """
+    from cxrkit.networks.backbones import build_backbone
+
     read = _read(source, path, trust)
-    spec = backbone_spec(read.source.architecture, in_channels or read.source.in_channels)
-    state, cmp, note = _verify(read, spec)
+    with torch.device("meta"):  # the contract only: no memory, no initialisation
+        model = build_backbone(read.source.architecture, in_channels or read.source.in_channels,
+                               image_size=image_size or read.source.input_size)
+    state, cmp, note = _verify(read, spec_of(model, read.source.architecture), model)
     logger.info("plugin %s: %d tensors verified from %s (sha256 %s)", read.source.name, len(cmp.matched),
                 read.path, read.digests["sha256"])
     return LoadedWeights(
@@ -261,7 +273,7 @@ def load_pretrained(
     if not source.pretrained:
         raise WeightError(f"weight source '{source.name}' has no pretrained weights; nothing to load")
     read = _read(source, path, trust)
-    state, cmp, note = _verify(read, spec_of(backbone, source.architecture))
+    state, cmp, note = _verify(read, spec_of(backbone, source.architecture), backbone)
     own = backbone.state_dict()
     for key in cmp.absent_optional:
         state[key] = own[key]

@@ -87,6 +87,12 @@ class WeightSource:
         fetch: where the file is published and how ``cxrkit weights fetch`` gets it
             (:class:`~cxrkit.weights.fetchspec.FetchSpec`); ``None``: no fetch description, the
             file must be imported by hand.
+        interpolation: resize mode of the source's own preprocessing: ``"area"`` (the study's),
+            ``"bilinear"`` or ``"bicubic"`` (antialiased, as PIL resizes for transformers/open_clip).
+        config_file: a configuration file published beside the weights (``"config.json"``); when it is
+            found next to the weight file, its values named in ``config_fields`` are checked.
+        config_fields: ``(dotted key in config_file, backbone attribute)`` pairs that must agree, e.g.
+            ``("hidden_size", "embed_dim")`` or ``("vision_config.patch_size", "patch_size")``.
 
     Raises:
         ValueError: on construction, when a field is inconsistent (the message
@@ -118,6 +124,9 @@ class WeightSource:
     license: str = ""
     license_restricted: bool = False
     fetch: FetchSpec | None = None
+    interpolation: str = "area"
+    config_file: str | None = None
+    config_fields: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         for name in _TUPLE_FIELDS:  # accept lists from plugin authors, store tuples
@@ -126,6 +135,7 @@ class WeightSource:
                 raise ValueError(f"weight source '{self.name}': {name} must be a tuple, not the string {value!r}")
             object.__setattr__(self, name, tuple(value))
         object.__setattr__(self, "renames", tuple(tuple(pair) for pair in self.renames))
+        object.__setattr__(self, "config_fields", tuple(tuple(pair) for pair in self.config_fields))
         self._validate()
 
     def _validate(self) -> None:
@@ -150,6 +160,8 @@ class WeightSource:
             raise ValueError(f"{where}: need 0 < input_size <= resize, got {self.input_size}, {self.resize}")
         for pattern, _ in self.renames:
             re.compile(pattern)
+        if self.interpolation not in ("area", "bilinear", "bicubic"):
+            raise ValueError(f"{where}: interpolation must be area, bilinear or bicubic, got {self.interpolation!r}")
         if self.filter_fn is not None and not callable(self.filter_fn):
             raise ValueError(f"{where}: filter_fn must be callable")
         if self.fetch is not None:

@@ -25,6 +25,7 @@ __all__ = [
     "adapt_conv_channels",
     "compare",
     "apply_adaptation",
+    "resample_position_embedding",
     "describe",
     "OPTIONAL_SUFFIX",
 ]
@@ -41,11 +42,14 @@ class BackboneSpec:
         architecture: backbone registry name (or the module's class name).
         shapes: ``{key: shape}`` of every tensor in the backbone's state dict.
         first_conv: state-dict key of the first convolution's weight.
+        pos_embed_prefix: for a ViT, the non-patch tokens in ``pos_embed`` (its grid is resampled
+            when a file's differs); ``None`` for other backbones.
     """
 
     architecture: str
     shapes: dict[str, tuple[int, ...]]
     first_conv: str
+    pos_embed_prefix: int | None = None
 
     @property
     def in_channels(self) -> int:
@@ -62,17 +66,50 @@ def spec_of(model: nn.Module, architecture: str | None = None) -> BackboneSpec:
     if first is None:
         raise ValueError(f"{type(model).__name__} has no Conv2d layer; cannot load image weights into it")
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return BackboneSpec(architecture or type(model).__name__, shapes, f"{first}.weight")
+    prefix = getattr(model, "pos_embed_prefix", None)
+    return BackboneSpec(architecture or type(model).__name__, shapes, f"{first}.weight",
+                        int(prefix) if prefix is not None and "pos_embed" in shapes else None)
 
 
-@functools.lru_cache(maxsize=16)
-def backbone_spec(architecture: str, in_channels: int = 3) -> BackboneSpec:
+@functools.lru_cache(maxsize=32)
+def backbone_spec(architecture: str, in_channels: int = 3, image_size: int | None = None) -> BackboneSpec:
     """The spec of a registered backbone, built on the meta device (no memory, no init cost)."""
     from cxrkit.networks.backbones import build_backbone
 
     with torch.device("meta"):
-        model = build_backbone(architecture, in_channels)
+        model = build_backbone(architecture, in_channels, image_size=image_size)
     return spec_of(model, architecture)
+
+
+def _grid(tokens: int) -> int | None:
+    side = int(round(tokens ** 0.5))
+    return side if side > 0 and side * side == tokens else None
+
+
+def resample_position_embedding(state: dict[str, torch.Tensor], spec: BackboneSpec) -> str | None:
+    """Resample a ViT file's ``pos_embed`` to the backbone's grid in place; returns a note or ``None``.
+
+    Bicubic interpolation with antialiasing of the patch positions, the class/register positions kept,
+    exactly timm's ``resample_abs_pos_embed``. Nothing changes when the grids already agree, or when the
+    shapes do not describe two square grids with the same prefix and width (the verification then
+    reports the mismatch).
+    """
+    key = "pos_embed"
+    if spec.pos_embed_prefix is None or key not in state or key not in spec.shapes:
+        return None
+    have, want = tuple(state[key].shape), spec.shapes[key]
+    if have == want or len(have) != 3 or len(want) != 3 or have[0] != 1 or have[2] != want[2]:
+        return None
+    prefix = spec.pos_embed_prefix
+    old, new = _grid(have[1] - prefix), _grid(want[1] - prefix)
+    if old is None or new is None:
+        return None
+    from timm.layers import resample_abs_pos_embed
+
+    value = state[key]
+    state[key] = resample_abs_pos_embed(value.float(), new_size=[new, new], old_size=[old, old],
+                                        num_prefix_tokens=prefix).to(value.dtype)
+    return f"{key}: {old}x{old} -> {new}x{new} patch grid (bicubic, antialiased; timm resample_abs_pos_embed)"
 
 
 def adapt_conv_channels(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
