@@ -184,8 +184,13 @@ def test_calibration_file_problems_name_the_field(tmp_path, field, value, proble
 # ---- the four commands on a trained run ---------------------------------------------------------------------
 @pytest.fixture
 def run(tiny_run, tmp_path) -> Path:
-    """A changeable copy of the session's tiny trained run (its models linked, not copied)."""
-    return copy_run(tiny_run, tmp_path / "run")
+    """A changeable copy of the session's tiny trained run (its models linked, not copied), without what other
+    tests of the session may have added to the shared run (an audit, external evaluations, a calibration)."""
+    run = copy_run(tiny_run, tmp_path / "run")
+    for extra in ("audit", "external"):
+        shutil.rmtree(run / extra, ignore_errors=True)
+    (run / "calibration.json").unlink(missing_ok=True)
+    return run
 
 
 @pytest.fixture
