@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from monai.handlers import MLFlowHandler
 
 __all__ = ["TRACKERS", "EXTRA", "TrackingError", "check_tracking", "local_store", "metric_name", "TrackedRun",
-           "RunTracker", "trainer_handlers", "evaluator_handlers", "open_run", "test_metrics"]
+           "RunTracker", "trainer_handlers", "evaluator_handlers", "open_run", "test_metrics", "log_external"]
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +255,48 @@ def test_metrics(run_dir: Path, split: str = "test", prefix: str = "test_", boot
         if interval is not None and not math.isnan(interval.low):
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(interval.low), float(interval.high)
     return out
+
+
+def log_external(run_dir: Any, folder: Any, params: Mapping[str, Any] | None = None, tracking_uri: str | None = None,
+                 experiment_name: str | None = "cxrkit", run_name: str | None = None, bootstrap: int = 1000,
+                 seed: int = 0) -> str | None:
+    """Log an external evaluation (``cxrkit external``) as an MLflow run, a child of the run's training run.
+
+    Args:
+        run_dir: the trained run folder.
+        folder: the evaluation's folder (``RUN_DIR/external/<name>``).
+        params: what was evaluated (dataset, task, class map...).
+        tracking_uri: the store or server (default: :func:`local_store` of the run folder, as its training).
+        experiment_name: the experiment (the training run is looked for there by its run-folder tag).
+        run_name: default ``<run folder>-external-<name>``.
+        bootstrap: resamples of the intervals.
+        seed: bootstrap seed.
+
+    Returns:
+        The MLflow run id, or ``None`` when tracking failed (warned).
+    """
+    root, folder = Path(run_dir).expanduser().resolve(), Path(folder)
+    run = open_run(tracking_uri or local_store(root), experiment_name, run_name or f"{root.name}-external-{folder.name}",
+                   f"the evaluation {folder}", {"cxrkit.evaluated_run": str(root), "cxrkit.evaluation": folder.name})
+    if run.run_id is None or run.broken:
+        return None
+    if "'" not in str(root):
+        found = run.call("finding the training run", run.handler.client.search_runs,
+                         [run.handler.experiment.experiment_id], f"tags.`cxrkit.run_folder` = '{root}'")
+        if found:
+            run.set_tags({"mlflow.parentRunId": found[0].info.run_id})
+    values = {"run_folder": str(root), **dict(params or {})}
+    values.update({f"weights.{k}": v for k, v in _json(root / "weights.json").items() if not isinstance(v, (dict, list))})
+    run.log_params(values)
+    try:
+        run.log_metrics(test_metrics(root, split=f"external: {folder.name}", prefix="external_", bootstrap=bootstrap,
+                                     seed=seed))
+    except Exception as exc:  # noqa: BLE001 - the numbers stay in the evaluation folder
+        logger.warning("external metrics not logged to MLflow: %s", exc)
+    run.log_artifact(folder / "metrics.json", f"external/{folder.name}")
+    run_id = run.run_id
+    run.close("FINISHED")
+    return run_id
 
 
 def _file_sha256(path: Path) -> str | None:
