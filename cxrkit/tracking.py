@@ -190,7 +190,7 @@ class TrackedRun:
             return
         run = self.call("reading the run", self.handler.client.get_run, self.run_id)
         logged = set(run.data.params) if run is not None else set()
-        items = [Param(metric_name(k), "" if v is None else str(v)[:6000]) for k, v in params.items()
+        items = [Param(metric_name(k), str(v)[:6000]) for k, v in params.items()
                  if metric_name(k) not in logged]
         for start in range(0, len(items), 100):
             self.call("logging parameters", self.handler.client.log_batch, self.run_id, params=items[start:start + 100])
