@@ -30,8 +30,23 @@ TINY = ["--image_size", "32", "--batch_size", "4", "--max_items", "16", "--devic
         "--tensorboard_images", "0"]
 
 
-def tracking_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "cxrkit.tracking" and r.levelno >= logging.WARNING]
+class TrackingWarnings(logging.Handler):
+    """The warnings of ``cxrkit.tracking``, caught on its own logger (a bundle's logging.conf resets the root's
+    handlers, pytest's caplog among them)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> "TrackingWarnings":
+        logging.getLogger("cxrkit.tracking").addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("cxrkit.tracking").removeHandler(self)
 
 
 def assert_metrics_match_folder(client, run_id: str, run_dir) -> dict:
@@ -80,20 +95,20 @@ class _Failing(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_server_answering_errors_costs_one_warning(caplog):
+def test_a_server_answering_errors_costs_one_warning():
     require_mlflow()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        caplog.set_level(logging.WARNING)
-        run = open_run(f"http://127.0.0.1:{server.server_address[1]}", "x", "r", "the test")
-        run.log_params({"a": 1})
-        run.log_metrics({"m": 1.0}, step=1)
-        run.close()
+        with TrackingWarnings() as caught:
+            run = open_run(f"http://127.0.0.1:{server.server_address[1]}", "x", "r", "the test")
+            run.log_params({"a": 1})
+            run.log_metrics({"m": 1.0}, step=1)
+            run.close()
     finally:
         server.shutdown()
     assert run.broken and run.run_id is None
-    warned = tracking_warnings(caplog)
+    warned = caught.messages
     assert len(warned) == 1 and "goes on without it" in warned[0] and "127.0.0.1" in warned[0]
 
 
@@ -185,7 +200,7 @@ def test_compare_is_a_parent_run_with_one_child_per_source(mlflow_server, isolat
 
 
 @pytest.mark.slow
-def test_a_server_killed_mid_run_leaves_a_complete_run_folder_and_one_warning(tmp_path, monkeypatch, caplog):
+def test_a_server_killed_mid_run_leaves_a_complete_run_folder_and_one_warning(tmp_path, monkeypatch):
     require_mlflow()
     data = shared_data(*RADIOGRAPHY)
     server = MLflowServer(tmp_path / "server").start()
@@ -199,12 +214,12 @@ def test_a_server_killed_mid_run_leaves_a_complete_run_folder_and_one_warning(tm
             server.kill()
 
     monkeypatch.setattr(RunTracker, "__call__", log_then_kill)
-    caplog.set_level(logging.WARNING)
     run_dir = tmp_path / "run"
     try:
-        code = main(["run", "training", str(REPO / "bundles" / "random"), "--dataset_dir", str(data), *TINY,
-                     "--epochs", "2", "--output_dir", str(run_dir), "--no_progress", "--tracking", "mlflow",
-                     "--tracking_uri", server.uri])
+        with TrackingWarnings() as caught:
+            code = main(["run", "training", str(REPO / "bundles" / "random"), "--dataset_dir", str(data), *TINY,
+                         "--epochs", "2", "--output_dir", str(run_dir), "--no_progress", "--tracking", "mlflow",
+                         "--tracking_uri", server.uri])
     finally:
         server.stop()
     assert code == 0 and logged_epochs == [1, 2]
@@ -213,5 +228,5 @@ def test_a_server_killed_mid_run_leaves_a_complete_run_folder_and_one_warning(tm
     assert [r["epoch"] for r in json.loads((run_dir / "metrics.json").read_text())["epochs"]] == [1, 2]
     for name in ("models/model.pt", "test/metrics.json", "test/predictions.csv", "configs/train.yaml"):
         assert (run_dir / name).is_file(), name
-    warned = tracking_warnings(caplog)
+    warned = caught.messages
     assert len(warned) == 1 and server.uri in warned[0] and str(run_dir) in warned[0], warned
