@@ -262,6 +262,11 @@ SETTINGS: dict[str, Reader] = {
     "tensorboard_images": _whole(minimum=0),
     "record_sample_ids": _flag,
     "calibrate": _flag,
+    # experiment tracking (--tracking mlflow: cxrkit.tracking; tracking_uri's default needs the run folder: not here)
+    "experiment_name": _text(required=True),
+    "run_name": _text(),
+    "tracking_parent": _text(),
+    "save_execute_config": _text(),
     # evaluate / inference
     "subset": _choice(lambda: ("all", "val", "train", "test")),
     "class_map": _class_map,

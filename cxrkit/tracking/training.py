@@ -82,7 +82,9 @@ class RunTracker:
                 "mlflow.parentRunId": self.parent_run}
         if run is None or not run.start(engine, root.name, tags):
             return
-        params: dict[str, Any] = {k: v for k, v in self.settings.items() if not isinstance(v, Mapping)}
+        # not MONAI's own switch; tracking_uri is no setting (a server's URI may hold credentials)
+        params: dict[str, Any] = {k: v for k, v in self.settings.items() if not isinstance(v, Mapping)
+                                  and k != "save_execute_config"}
         params.update({f"dataset_options.{k}": v for k, v in dict(self.settings.get("dataset_options") or {}).items()})
         params.update({f"weights.{k}": v for k, v in _json(root / "weights.json").items()
                        if not isinstance(v, (dict, list))})
