@@ -198,6 +198,19 @@ def test_compare_is_a_parent_run_with_one_child_per_source(mlflow_server, isolat
         assert child.data.params.get("weights.verification") == weights.get("verification")
     assert children["inat_swav"].data.params["weights.verification"] == "unverifiable"
 
+    # an external evaluation of one source: a run nested under that source's training run
+    code = main(["external", str(out / "runs" / "random"), "--dataset", "radiography", "--dataset_dir", str(data),
+                 "--max_items", "8", "--device", "cpu", "--bootstrap", "50", "--no_progress", "--tracking", "mlflow",
+                 "--tracking_uri", mlflow_server.uri, "--experiment_name", "study"])
+    assert code == 0
+    (evaluation,) = [r for r in client.search_runs([experiment.experiment_id])
+                     if r.info.run_name == "random-external-radiography"]
+    assert evaluation.data.tags["mlflow.parentRunId"] == children["random"].info.run_id
+    written = json.loads((out / "runs" / "random" / "external" / "radiography" / "metrics.json").read_text())
+    assert evaluation.data.metrics["external_accuracy"] == pytest.approx(written["metrics"]["accuracy"])
+    assert "external_accuracy_ci_low" in evaluation.data.metrics and evaluation.data.params["dataset"] == "radiography"
+    assert artifacts(client, evaluation.info.run_id) == {"external/radiography/metrics.json"}
+
 
 @pytest.mark.slow
 def test_a_server_killed_mid_run_leaves_a_complete_run_folder_and_one_warning(tmp_path, monkeypatch):

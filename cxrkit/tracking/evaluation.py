@@ -17,7 +17,7 @@ logger = logging.getLogger("cxrkit.tracking")
 def test_metrics(run_dir: Path, split: str = "test", prefix: str = "test_", bootstrap: int = 1000,
                  seed: int = 0) -> dict[str, float]:
     """``{prefix}<metric>`` with ``_ci_low`` / ``_ci_high`` (bootstrap) for one prediction set of a run folder."""
-    from cxrkit.report.report import evaluate_run
+    from cxrkit.report.report import evaluate_run  # slow (scikit-learn, matplotlib): only when metrics are logged
     from cxrkit.report.runfolder import load_run
 
     ev = evaluate_run(load_run(run_dir), bootstrap=bootstrap, seed=seed, split=split)

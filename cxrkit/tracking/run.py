@@ -12,9 +12,13 @@ import logging
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Mapping
 
 from monai.handlers import MLFlowHandler
+from monai.utils import path_to_sqlite_uri
+
+from cxrkit.options import text
 
 __all__ = ["TRACKERS", "EXTRA", "HTTP_DEFAULTS", "TrackingError", "check_tracking", "local_store", "metric_name",
            "TrackedRun", "open_run"]
@@ -42,8 +46,6 @@ def check_tracking(value: Any) -> str | None:
     Raises:
         TrackingError: an unknown tracker, or MLflow is not installed (the message names the extra).
     """
-    from cxrkit.options import text
-
     name = text(value)
     if name is None:
         return None
@@ -61,8 +63,6 @@ def local_store(folder: Any) -> str:
 
     ``runs/x`` -> ``sqlite:///<abs>/runs/mlruns.db``; MONAI's handler keeps artifacts in ``runs/mlruns/``.
     """
-    from monai.utils import path_to_sqlite_uri
-
     root = Path(str(getattr(folder, "root", folder))).expanduser().resolve()
     return path_to_sqlite_uri(str(root.parent / "mlruns.db"))
 
@@ -151,7 +151,7 @@ class TrackedRun:
         return not self.broken
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # optional dependency: imported once tracking is on
 
         items = [RunTag(str(k), str(v)) for k, v in tags.items() if v is not None]
         if items and self.run_id:
@@ -159,7 +159,7 @@ class TrackedRun:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters not yet logged in this run (a resumed run keeps its first values), 100 a batch."""
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # optional dependency: imported once tracking is on
 
         if not self.run_id or self.broken:
             return
@@ -199,8 +199,6 @@ def open_run(tracking_uri: str | None, experiment_name: str | None, run_name: st
     Raises:
         TrackingError: MLflow is not installed, or the URI is one MLflow cannot store runs in.
     """
-    from types import SimpleNamespace
-
     check_tracking("mlflow")
     try:
         handler = MLFlowHandler(tracking_uri=tracking_uri, experiment_name=experiment_name or "cxrkit",

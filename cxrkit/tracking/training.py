@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ignite.engine import Events
 from monai.handlers import MLFlowHandler
 
 from cxrkit.tracking.evaluation import test_metrics
@@ -64,8 +65,6 @@ class RunTracker:
             self.run = TrackedRun(handler, f"the training {self.paths.root}")
 
     def attach(self, engine: Any) -> None:
-        from ignite.engine import Events
-
         if self.run is None:
             return
         engine.add_event_handler(Events.STARTED, self.started)
@@ -113,7 +112,7 @@ class RunTracker:
             except Exception as exc:  # noqa: BLE001 - the numbers stay in the run folder
                 logger.warning("test metrics not logged to MLflow: %s", exc)
         try:
-            from cxrkit.report import write_report
+            from cxrkit.report import write_report  # slow (figures): only a tracked run's end needs it
 
             write_report(root, bootstrap=self.bootstrap, seed=self.seed, audit="false")
         except Exception as exc:  # noqa: BLE001 - `cxrkit report RUN` writes it later
@@ -128,7 +127,7 @@ class RunTracker:
 
 
 def _take_over(handlers: Sequence[Any] | None, tracker: RunTracker) -> list[Any]:
-    from cxrkit.engine.handlers import MetricsRecorder
+    from cxrkit.engine.handlers import MetricsRecorder  # torch-heavy: evaluate/inference configs import this module
 
     out = []
     for handler in list(handlers or []):
