@@ -309,6 +309,15 @@ COMMON: dict[str, dict[str, Any]] = {
     "allow_host": {"action": "append", "default": [], "metavar": "NAME",
                    "help": "another host name this server answers to, e.g. a reverse proxy's public name "
                    "(repeatable; default: localhost, 127.0.0.1, ::1 and --host)"},
+    "tracking": {"default": None, "choices": ("mlflow",), "metavar": "TRACKER",
+                 "help": "mlflow: log the run(s) to MLflow (needs pip install \"cxrkit[tracking]\"; docs/training.md)"},
+    "tracking_uri": {"default": None, "metavar": "URI",
+                     "help": "with --tracking: the MLflow store or server, e.g. http://127.0.0.1:5000 (default: a "
+                             "SQLite file beside the run folders, mlruns.db)"},
+    "experiment_name": {"default": "cxrkit", "metavar": "NAME",
+                        "help": "with --tracking: the MLflow experiment (default: cxrkit)"},
+    "run_name": {"default": None, "metavar": "NAME",
+                 "help": "with --tracking: the MLflow run's name (default: the output folder's name)"},
     "bootstrap": {"type": int, "default": 1000, "metavar": "N",
                   "help": "bootstrap resamples of the 95%% confidence intervals; 0 switches them off (default: 1000)"},
 }

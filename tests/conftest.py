@@ -6,7 +6,7 @@ Fixtures here: ``fake_dists`` (installed distributions with entry points), ``scr
 cache), ``label_server`` (a real MONAI Label server),
 ``shortcut_plugin`` / ``shortcut_runs`` (runs trained on synthetic sets with a known answer: the class is a
 corner marker, or lives inside the lungs), ``synthetic_dataset`` (12 synthetic 32 px radiographs, a ``csv``
-dataset).
+dataset), ``mlflow_server`` (a real MLflow tracking server on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from support.label import LabelServer, make_studies, require_label_python
+from support.mlflow import MLflowServer, require_mlflow
 from support.paths import REPO, SHARED_DATA, shared_data
 from support.shortcuts import plugin_registered, train_small
 from support.training import synthetic_csv_dataset, train_tiny_run, write_inat_swav
@@ -194,6 +195,16 @@ def label_server(tmp_path_factory):
     studies = make_studies(work / "studies")
     server = LabelServer(run, studies, work, python).start()
     yield server, run, studies
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 (free port, SQLite backend, artifacts in a temporary folder) for one
+    test module; skips without MLflow (the ``tracking`` extra)."""
+    require_mlflow()
+    server = MLflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
     server.stop()
 
 

@@ -36,7 +36,8 @@ TORCH = ("2.9.1", "2.11.0", "2.14.1")
 TORCHVISION = ("0.24.1", "0.26.0", "0.29.1")
 PINNED = {"torch": "2.14.1", "torchvision": "0.29.1", "monailabel": "0.8.5", "pydicom": "2.4.4",
           "dicomweb-client": "0.59.3", "pynetdicom": "2.1.1", "timm": "1.0.31", "safetensors": "0.8.0",
-          "huggingface_hub": "2.5.0", "transformers": "5.25.0", "open_clip_torch": "3.3.0"}
+          "huggingface_hub": "2.5.0", "transformers": "5.25.0", "open_clip_torch": "3.3.0",
+          "mlflow": "3.18.0", "pandas": "3.0.6"}
 
 
 def _pyproject(path: Path) -> dict:
@@ -124,8 +125,9 @@ def test_constraints_hold_the_exact_pins_and_readme_and_ci_use_them():
     for command in (c.strip() for c in re.findall(r"pip install [^&\n]*", setup)):
         assert "-c constraints.txt" in command, f"README set-up: {command}"
         assert command in ci, f".ci/run does not install as README says: {command}"
-    label = 'pip install -c constraints.txt -e ".[label]"'
-    assert label in readme and label in ci
+    for extra in ("label", "tracking"):
+        command = f'pip install -c constraints.txt -e ".[{extra}]"'
+        assert command in readme and command in ci, command
 
 
 def _interpreters() -> dict[str, str]:

@@ -49,7 +49,7 @@ REQUIRED_PACKAGES = {"cxrkit": "0.1.0", "torchvision": "0.29.1", "pytorch-ignite
 
 #: config kind -> template fragments, in order.
 KINDS: dict[str, tuple[str, ...]] = {
-    "train": ("common", "train_settings", "data", "network", "train", "validate", "record", "finish", "run_train"),
+    "train": ("common", "train_settings", "data", "network", "train", "validate", "record", "finish", "tracking", "run_train"),
     "evaluate": ("common", "model", "evaluate"),
     "inference": ("common", "model", "inference"),
 }

@@ -139,7 +139,8 @@ def bundle_workflow(workflow: str, bundle: str | Path, overrides: Mapping[str, A
     Args:
         workflow: ``training``, ``evaluate`` or ``inference`` (or ``train``, ``eval``, ``infer``).
         bundle: a bundle folder, a plugin name or a run folder.
-        overrides: config ids and values (``{"epochs": 2, "train#trainer#max_epochs": 2}``).
+        overrides: config ids and values (``{"epochs": 2, "train#trainer#max_epochs": 2}``); ``tracking``
+            (``mlflow``) is MONAI's runner argument of that name (:mod:`cxrkit.tracking`).
 
     Returns:
         The workflow; ``workflow.parser`` resolves any config id, ``run()`` and ``finalize()`` finish it.
@@ -147,6 +148,7 @@ def bundle_workflow(workflow: str, bundle: str | Path, overrides: Mapping[str, A
     Raises:
         cxrkit.bundle.BundleNotFoundError: not a bundle folder.
         FileNotFoundError: the bundle lacks the workflow's config.
+        cxrkit.tracking.TrackingError: ``tracking`` is not ``mlflow``, or MLflow is not installed.
         cxrkit.engine.settings.SettingsError: an override names no config id (with the nearest ids), or a
             setting's value is bad (raised by the config's ``initialize``, wrapped by MONAI).
         Exception: whatever initialising the workflow raises.
@@ -156,8 +158,15 @@ def bundle_workflow(workflow: str, bundle: str | Path, overrides: Mapping[str, A
 
     from cxrkit.engine.settings import check_overrides
 
+    from cxrkit.tracking import check_tracking
+
     name = workflow_name(workflow)
     root, configs, pairs = _config_and_overrides(name, bundle, overrides)
+    # `tracking` is an argument of MONAI's runner, not a config id: MONAI patches its MLflow handler in
+    tracking = check_tracking(pairs.pop("tracking", None))
+    if tracking is not None and name != "training":
+        raise ValueError(f"--tracking is for training runs (cxrkit external --tracking {tracking} tracks an "
+                         "evaluation on another collection)")
     # unknown option names before anything runs (the config's `initialize` then checks every value)
     where = " + ".join(str(c) for c in configs)
     check_overrides(ConfigParser.load_config_files([str(c) for c in configs]), pairs, f"the {name} config {where}")
@@ -175,6 +184,7 @@ def bundle_workflow(workflow: str, bundle: str | Path, overrides: Mapping[str, A
             meta_file=str(root / "configs" / "metadata.json"),
             logging_file=str(logging_file) if logging_file.is_file() else None,
             run_id=WORKFLOWS[name][1],
+            tracking=tracking,
             **pairs,
         )
 

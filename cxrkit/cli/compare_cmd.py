@@ -60,6 +60,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_common(p, "bootstrap")
     add_common(p, "device")
     add_common(p, "no_progress")
+    add_common(p, "tracking", help="mlflow: one MLflow parent run, one child run per plugin (and fold)")
+    add_common(p, "tracking_uri")
+    add_common(p, "experiment_name")
+    add_common(p, "run_name", help="with --tracking: the parent run's name (default: the comparison folder's name)")
     p.set_defaults(func=run, accepts_overrides=True)
 
 
@@ -77,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, seed=args.seed, weights_dir=args.weights_dir, max_items=args.max_items,
         device=args.device, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         feature_cache=args.feature_cache, skip_bad_images=args.skip_bad_images, dataset_options=options,
-        bootstrap=args.bootstrap, progress=args.progress,
+        bootstrap=args.bootstrap, progress=args.progress, tracking=args.tracking, tracking_uri=args.tracking_uri,
+        experiment_name=args.experiment_name, run_name=args.run_name,
     )
 
     def show(run: RunOutcome) -> None:  # one line per weight source as its run ends

@@ -45,6 +45,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_common(p, "bootstrap")
     add_common(p, "device")
     add_common(p, "no_progress")
+    add_common(p, "tracking", help="mlflow: log the evaluation as an MLflow run, a child of the run's training run")
+    add_common(p, "tracking_uri", help="with --tracking: the MLflow store or server (default: the run's, mlruns.db "
+                                       "beside the run folder)")
+    add_common(p, "experiment_name")
+    add_common(p, "run_name", help="with --tracking: the MLflow run's name (default: RUN-external-NAME)")
     p.set_defaults(func=run, accepts_overrides=True)
 
 
@@ -61,7 +66,13 @@ def run(args: argparse.Namespace) -> int:
     from cxrkit.report.trust import with_ci
     from cxrkit.runfolder import RunPaths
 
+    from cxrkit.tracking import TrackingError, check_tracking, log_external
+
     options = adapter_options(args.overrides)
+    try:
+        tracking = check_tracking(args.tracking)
+    except TrackingError as exc:
+        raise CLIError(str(exc)) from None
     paths = RunPaths.of(args.run_dir)
     if not paths.evaluate_config.is_file():
         raise CLIError(f"{paths.root}: not a run folder (no configs/evaluate.yaml); pass the folder training wrote")
@@ -92,4 +103,13 @@ def run(args: argparse.Namespace) -> int:
     console.write(f"wrote          : {folder}")
     console.write(f"log            : {Path(folder) / console.LOG_FILE}")
     console.write(f"next           : cxrkit report {paths.root}   (internal and external results side by side)")
+    if tracking:
+        try:
+            run_id = log_external(paths.root, folder, {"dataset": args.dataset, "task": args.task,
+                                                       "class_map": args.class_map, "max_items": args.max_items},
+                                  args.tracking_uri, args.experiment_name, args.run_name, args.bootstrap)
+        except TrackingError as exc:
+            raise CLIError(str(exc)) from None
+        if run_id:
+            console.write(f"MLflow run     : {run_id}")
     return 0

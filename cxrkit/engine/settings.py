@@ -281,6 +281,11 @@ SETTINGS: dict[str, Reader] = {
     "record_sample_ids": _flag,
     "calibrate": _flag,
     "console_lines": _flag,
+    # experiment tracking (--tracking mlflow: cxrkit.tracking; tracking_uri's default needs the run folder: not here)
+    "experiment_name": _text(required=True),
+    "run_name": _text(),
+    "tracking_parent": _text(),
+    "save_execute_config": _text(),
     # evaluate / inference
     "subset": _choice(lambda: ("all", "val", "train", "test")),
     "class_map": _class_map,

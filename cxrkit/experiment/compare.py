@@ -14,6 +14,10 @@
 4. writes one comparison report (:func:`cxrkit.report.write_comparison`) and
    ``compare.json`` (what ran where, what was skipped or failed and why).
 
+With ``tracking="mlflow"`` the comparison is one MLflow parent run (its settings, the report and
+``compare.json`` as artifacts) and every training one child run of it (:mod:`cxrkit.tracking`), in
+``tracking_uri`` (default: ``mlruns.db`` beside the comparison folder).
+
 Layout of the comparison folder::
 
     <output_dir>/split.json                  (k-fold: split-fold0.json, split-fold1.json, ...)
@@ -71,6 +75,10 @@ class CompareSettings:
         feature_cache: feature cache folder of the linear probe.
         bootstrap: bootstrap resamples of the report's confidence intervals.
         progress: progress bars.
+        tracking: ``mlflow``: a parent run with one child per training (``None``: no tracking).
+        tracking_uri: the MLflow store or server (default: ``mlruns.db`` beside the comparison folder).
+        experiment_name: the MLflow experiment.
+        run_name: the parent run's name (default: the comparison folder's name).
     """
 
     dataset: str
@@ -94,9 +102,17 @@ class CompareSettings:
     feature_cache: str | None = None
     bootstrap: int = 1000
     progress: bool = True
+    tracking: str | None = None
+    tracking_uri: str | None = None
+    experiment_name: str = "cxrkit"
+    run_name: str | None = None
 
     def check(self) -> None:
-        """Raise :class:`CompareError` for settings that cannot work."""
+        """Raise :class:`CompareError` for settings that cannot work (:class:`~cxrkit.tracking.TrackingError`:
+        a tracker that is not installed)."""
+        from cxrkit.tracking import check_tracking
+
+        self.tracking = check_tracking(self.tracking)
         if self.mode not in MODES:
             raise CompareError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.folds is not None and int(self.folds) < 2:
@@ -274,6 +290,40 @@ def _overrides(plan: PluginPlan, settings: CompareSettings, split: Path, run_dir
     return overrides
 
 
+def _parent_run(settings: CompareSettings, out_dir: Path, plugins: Sequence[str]) -> Any:
+    """The comparison's MLflow parent run (``None`` without tracking, or when the tracker failed: warned)."""
+    from cxrkit.tracking import local_store, open_run
+
+    if settings.tracking is None:
+        return None
+    settings.tracking_uri = settings.tracking_uri or local_store(out_dir)
+    parent = open_run(settings.tracking_uri, settings.experiment_name, settings.run_name or out_dir.name,
+                      f"the comparison {out_dir}", {"cxrkit.comparison": str(out_dir)})
+    if parent.run_id is None or parent.broken:
+        return None
+    params = {k: v for k, v in asdict(settings).items() if k not in ("dataset_options", "plugins", "run_name")}
+    params.update({"plugins": ",".join(plugins)}, **{f"dataset_options.{k}": v
+                                                     for k, v in dict(settings.dataset_options).items()})
+    parent.log_params(params)
+    return parent
+
+
+def _child_tracking(parent: Any, settings: CompareSettings, name: str) -> dict[str, Any]:
+    """A training's tracking overrides: a child run of ``parent`` named ``name`` (nothing without a parent)."""
+    if parent is None or parent.broken:
+        return {}
+    return {"tracking": settings.tracking, "tracking_uri": settings.tracking_uri,
+            "experiment_name": settings.experiment_name, "run_name": name, "tracking_parent": parent.run_id}
+
+
+def _close_parent(parent: Any, out_dir: Path, finished: bool) -> None:
+    if parent is None:
+        return
+    for name in ("comparison.md", "comparison.html", "compare.json", *sorted(p.name for p in out_dir.glob("*.png"))):
+        parent.log_artifact(out_dir / name)
+    parent.close("FINISHED" if finished else "FAILED")
+
+
 def _error_text(exc: BaseException) -> str:
     from cxrkit.bundle.runner import user_error
 
@@ -318,6 +368,7 @@ def run_comparison(settings: CompareSettings,
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = make_splits(settings, out_dir)
     result = ComparisonResult(out_dir, None, [s[1] for s in splits], plans)
+    parent = _parent_run(settings, out_dir, plugins)
     jobs = [(plan, fold, split, data) for fold, split, data in splits for plan in ready]
     bar = tqdm(jobs, desc=f"compare ({settings.mode})", unit="run", disable=bar_disable(settings.progress))
     for plan, fold, split, data in bar:
@@ -327,7 +378,7 @@ def run_comparison(settings: CompareSettings,
         outcome = RunOutcome(plan.plugin, fold, str(run_dir), "finished")
         try:
             bundle = cached_bundle(plan.plugin)
-            overrides = _overrides(plan, settings, split, run_dir)
+            overrides = _overrides(plan, settings, split, run_dir) | _child_tracking(parent, settings, run_dir.name)
             if settings.mode == "finetune":
                 run_bundle("training", bundle, overrides)
             else:
@@ -357,6 +408,7 @@ def run_comparison(settings: CompareSettings,
         "runs": [asdict(r) for r in result.runs],
         "report": str(result.report) if result.report else None,
     })
+    _close_parent(parent, out_dir, bool(finished))
     if not finished:
         raise CompareError(f"every run failed; see {out_dir / 'compare.json'}: "
                            + "; ".join(f"{r.plugin}: {r.error}" for r in result.failed))
