@@ -221,3 +221,26 @@ def test_manifest_round_trip_keeps_the_test_part(tmp_path, radiography):
     old["counts"].pop("test")
     (tmp_path / "old.json").write_text(json.dumps(old))
     assert load_split(tmp_path / "old.json", radiography).test == []
+
+
+def test_a_csv_naming_images_elsewhere_gives_a_manifest_that_stays_inside_its_root(tmp_path):
+    """`cxrkit review export --studies` writes absolute paths: the manifest's root is then the images' folder."""
+    from cxrkit.data.manifest import read_manifest
+
+    images = shared_data("radiography", "COVID-19_Radiography_Dataset")
+    reviews = tmp_path / "reviews"
+    reviews.mkdir()
+    with (reviews / "reviews.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "label"])
+        for cls in ("COVID", "Normal"):
+            for path in sorted((images / cls).glob("*.png"))[:6]:
+                writer.writerow([str(path), cls])
+    spec = load_dataset("csv", reviews)
+    split = make_split(spec, seed=0)
+    path = split.save(tmp_path / "run" / "split.json")
+    manifest = read_manifest(path, spec.classes).data
+    assert Path(manifest["root"]) == images
+    assert all(not e["image"].startswith("..") for e in manifest["train"] + manifest["val"] + manifest["test"])
+    again = load_split(path, spec)
+    assert [i["image"] for i in again.train] == [i["image"] for i in split.train]

@@ -99,10 +99,23 @@ def _common_root(items: Sequence[dict]) -> str:
     return os.path.commonpath([os.path.dirname(os.path.abspath(i["image"])) for i in items])
 
 
+def _spec_root(spec: DatasetSpec) -> str:
+    """The folder the manifest's entries are relative to: the adapter's root when it holds every image, else the
+    deepest folder holding them all (an adapter that set no root; a CSV naming images elsewhere by absolute path),
+    so that no entry steps out of it."""
+    if not spec.items:
+        return spec.root
+    if spec.root:
+        base = os.path.abspath(spec.root)
+        if all(os.path.commonpath([base, os.path.abspath(i["image"])]) == base for i in spec.items):
+            return spec.root
+    return _common_root(spec.items)
+
+
 def _describe(spec_or_items: DatasetSpec | Sequence[dict]) -> tuple[list[dict], dict]:
     if isinstance(spec_or_items, DatasetSpec):
         spec = spec_or_items
-        root = spec.root or (_common_root(spec.items) if spec.items else spec.root)  # an adapter that set no root
+        root = _spec_root(spec)
         info = {
             "dataset": spec.name, "task": spec.task, "root": root, "classes": list(spec.classes),
             "dataset_options": dict(spec.options), "excluded": spec.excluded_counts(),
@@ -257,7 +270,7 @@ def load_split(manifest_path: str | os.PathLike, spec: DatasetSpec, *,
     """
     path = Path(manifest_path)
     manifest = read_manifest(path, spec.classes, same_names=True, classes_of="the dataset").data
-    root = spec.root or manifest["root"]
+    root = _spec_root(spec) or manifest["root"]
     by_rel = {_relpath(i["image"], root): i for i in spec.items}
     missing: list[str] = []
     changed: list[str] = []
