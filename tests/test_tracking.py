@@ -56,7 +56,7 @@ def assert_metrics_match_folder(client, run_id: str, run_dir) -> dict:
     assert {"train_loss", "val_accuracy", "lr"} <= names
     for name in names:
         history = {m.step: m.value for m in client.get_metric_history(run_id, metric_name(name))}
-        assert history == {row["epoch"]: pytest.approx(row[name]) for row in rows if name in row}, name
+        assert history == {row["epoch"]: pytest.approx(row[name], nan_ok=True) for row in rows if name in row}, name
     return client.get_run(run_id)
 
 
@@ -118,10 +118,10 @@ def test_monai_runner_tracks_a_training(mlflow_server, tmp_path):
     """``python -m monai.bundle run training ... --tracking mlflow``: MONAI's own runner, cxrkit's config."""
     data = shared_data(*RADIOGRAPHY)
     run_dir = tmp_path / "tracked"
-    configs = [str(REPO / "bundles" / n / "configs" / "train.yaml") for n in ("_base", "random")]
+    config = str(REPO / "bundles" / "random" / "configs" / "train.yaml")  # a self-contained bundle
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", repr(configs),
+        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config,
          "--meta_file", str(REPO / "bundles" / "random" / "configs" / "metadata.json"),
          "--bundle_root", str(REPO / "bundles" / "random"), "--dataset_dir", str(data), *TINY, "--epochs", "2",
          "--output_dir", str(run_dir), "--progress", "false", "--tracking", "mlflow",
