@@ -58,6 +58,7 @@ from cxrkit.label.server import (
     listed,
 )
 from cxrkit.label.tokens import TOKEN_ENV, new_token
+from cxrkit.options import flag
 from cxrkit.serve.batching import QueueSettings
 from cxrkit.serve.guard import GuardMiddleware
 
@@ -227,10 +228,6 @@ def _api_prefix() -> str:
     return settings.MONAI_LABEL_API_STR
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
-
-
 def _token() -> str:
     token = os.environ.get(TOKEN_ENV)
     if not token:  # started without cxrkit label serve: a token all the same, in the server's log
@@ -247,7 +244,7 @@ check_label_uploads(monailabel_app)
 _hosts = frozenset(name.lower() for name in listed(os.environ.get(ALLOWED_HOSTS_ENV)))
 _max_body_mb = float(os.environ.get(MAX_BODY_ENV) or DEFAULT_MAX_BODY_MB)
 app = GuardMiddleware(
-    RoutePolicy(monailabel_app, KnownImages(), allow_admin=_flag(ADMIN_ENV), prefix=_api_prefix()),
+    RoutePolicy(monailabel_app, KnownImages(), allow_admin=flag(os.environ.get(ADMIN_ENV), ADMIN_ENV), prefix=_api_prefix()),
     allowed_hosts=_hosts or None, proxy_hosts=listed(os.environ.get(PROXY_HOSTS_ENV)), check_port=True,
     allowed_origins=listed(os.environ.get(ALLOWED_ORIGINS_ENV)), token=_token(), body_timeout=_timeout,
     max_body=int(_max_body_mb * 1024 * 1024),

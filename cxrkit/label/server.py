@@ -333,8 +333,7 @@ def serve(
             return process.wait()
         except Stopped as stop:
             logger.info("%s: stopping MONAI Label", stop)
-            stop_group(process)
             return 0
-        finally:
+        finally:  # a stop signal, an error or the server's own exit: no process of its group is left
             stop_group(process)
             remove_token(token_path)

@@ -304,15 +304,15 @@ class GuardMiddleware:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if not self._host_allowed(scope, headers.get("host")):
-            return await self._refuse(scope, send, 421, "unknown host name or port: this server answers only the "
+            return await refuse(scope, send, 421, "unknown host name or port: this server answers only the "
                                       "names and the port it was started for", {})
         if not self._origin_allowed(headers.get("origin"), headers.get("host")):
-            return await self._refuse(scope, send, 403, "cross-site request refused: the page's origin is not "
+            return await refuse(scope, send, 403, "cross-site request refused: the page's origin is not "
                                       "this server (a web viewer on another origin needs `cxrkit label serve "
                                       "--allow_origin ORIGIN`)", {})
         if (self.token and scope.get("method") != "OPTIONS"
                 and not token_matches(bearer(headers.get("authorization")), self.token)):
-            return await self._refuse(scope, send, 401, "missing or wrong bearer token (send 'Authorization: "
+            return await refuse(scope, send, 401, "missing or wrong bearer token (send 'Authorization: "
                                       "Bearer TOKEN'; the review page: --token or $CXRKIT_LABEL_TOKEN)",
                                       {"www-authenticate": "Bearer"})
         if scope["type"] != "http" or (self.body_timeout is None and self.max_body is None):
@@ -320,7 +320,7 @@ class GuardMiddleware:
         if self.max_body is not None:
             declared = headers.get("content-length", "").strip()
             if declared and (not declared.isdigit() or int(declared) > self.max_body):
-                return await self._refuse(scope, send, 413, f"the request body is larger than {self.max_body} "
+                return await refuse(scope, send, 413, f"the request body is larger than {self.max_body} "
                                           "bytes (the server's --max_body_mb)", {"connection": "close"})
             receive = body_limit(receive, self.max_body)
         if self.body_timeout is not None:
@@ -352,11 +352,7 @@ class GuardMiddleware:
         refused = state["refused"]
         if refused is not None and not state["started"]:
             status = 408 if isinstance(refused, RequestTimeout) else 413
-            await self._refuse(scope, send, status, str(refused), {"connection": "close"})
-
-    @staticmethod
-    async def _refuse(scope: Scope, send: Send, status: int, detail: str, extra: dict[str, str]) -> None:
-        await refuse(scope, send, status, detail, extra)
+            await refuse(scope, send, status, str(refused), {"connection": "close"})
 
 
 async def refuse(scope: Scope, send: Send, status: int, detail: str, extra: Mapping[str, str] | None = None) -> None:
